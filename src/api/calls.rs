@@ -1,0 +1,361 @@
+//! `/api/v1/calls`: create, batch, read, patch, cancel, list, timeline, and the counts.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    param::{Header, Path, Query},
+    payload::Json,
+    types::ParseFromJSON,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{
+    ApiState, ApiTags,
+    error::{ApiError, envelope},
+    models::{
+        BatchCreateRequest, Call, CallEnvelope, CallPage, CallsEnvelope, Concurrency,
+        CreateCallRequest, ErrorDetail, EventsEnvelope, MetricsEnvelope, Pagination,
+        PatchCallRequest, Status, StatusCounts,
+    },
+};
+use crate::{
+    db::{self, CallFilter, CreateOutcome, NewCall},
+    domain::{CallPayload, CallStatus, FieldError, PhoneNumber, merge_patch},
+};
+
+/// Most calls one batch may hold.
+pub const MAX_BATCH: usize = 1000;
+/// Largest page of `GET /api/v1/calls`.
+pub const MAX_LIMIT: i64 = 100;
+const MAX_PAGE: i64 = 1_000_000;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+#[derive(ApiResponse)]
+pub enum CreatedCall {
+    /// The call was created, `PENDING`; or, for a repeated `Idempotency-Key` with the same
+    /// body, the call the first request created (then `Idempotent-Replayed: true`).
+    #[oai(status = 201)]
+    Created(
+        Json<CallEnvelope>,
+        #[oai(header = "Idempotent-Replayed")] Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedCalls {
+    /// Every call of the batch was created, in the order sent.
+    #[oai(status = 201)]
+    Created(Json<CallsEnvelope>),
+}
+
+pub struct CallsApi {
+    pub state: Arc<ApiState>,
+}
+
+fn parse_request(req: CreateCallRequest) -> Result<CallPayload, Vec<FieldError>> {
+    let metadata = req
+        .metadata
+        .map(|m| serde_json::Value::Object(m.into_iter().collect()));
+    CallPayload::parse(Some(&req.to), Some(&req.script_id), metadata.as_ref())
+}
+
+fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::bad_request(
+            "INVALID_IDEMPOTENCY_KEY",
+            "the Idempotency-Key header must hold 1 to 255 characters",
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "INVALID_IDEMPOTENCY_KEY",
+            "the Idempotency-Key header may hold only visible ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Calls")]
+impl CallsApi {
+    /// Create a call
+    ///
+    /// Stores the call as `PENDING`; the dispatcher dials it when its turn comes. With an
+    /// `Idempotency-Key`, a repeat of the same key and body within 24 hours answers the
+    /// first call again instead of creating another; the same key with another body is 409.
+    #[oai(path = "/calls", method = "post", operation_id = "createCall")]
+    async fn create(
+        &self,
+        body: Json<CreateCallRequest>,
+        /// Any string of 1 to 255 visible ASCII characters that names this request.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        request: &poem::Request,
+    ) -> Result<CreatedCall, ApiError> {
+        if idempotency_key.0.is_none() && request.headers().contains_key("idempotency-key") {
+            // Present but not text: ignoring it would silently drop the protection asked for.
+            return Err(ApiError::bad_request(
+                "INVALID_IDEMPOTENCY_KEY",
+                "the Idempotency-Key header may hold only visible ASCII characters",
+            ));
+        }
+        let payload = parse_request(body.0).map_err(ApiError::validation)?;
+        let call = NewCall::new(payload);
+        let hash;
+        let idempotency = match idempotency_key.0.as_deref() {
+            Some(key) => {
+                check_idempotency_key(key)?;
+                hash = Sha256::digest(call.payload.to_json().to_string().as_bytes());
+                Some((key, hash.as_slice()))
+            }
+            None => None,
+        };
+        let outcome = db::create_call(&self.state.pool, &call, idempotency)
+            .await
+            .map_err(|err| ApiError::from_db(err, call.id))?;
+        Ok(match outcome {
+            CreateOutcome::Created(call) => {
+                tracing::info!(call_id = %call.id, "call created");
+                CreatedCall::Created(Json(CallEnvelope::new(call.into())), None)
+            }
+            CreateOutcome::Replayed(call) => {
+                CreatedCall::Created(Json(CallEnvelope::new(call.into())), Some("true".into()))
+            }
+        })
+    }
+
+    /// Create up to 1000 calls at once
+    ///
+    /// All or nothing, in one transaction: when any item is invalid, the answer is 400 with
+    /// each bad item named by its index (from 0) and no call is created. The calls count as
+    /// created in their order in the batch, which is the order they are dialed in.
+    #[oai(
+        path = "/calls/batch",
+        method = "post",
+        operation_id = "createCallsBatch"
+    )]
+    async fn batch(&self, body: Json<BatchCreateRequest>) -> Result<CreatedCalls, ApiError> {
+        let items = body.0.calls;
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(ApiError::bad_request(
+                "INVALID_BATCH_SIZE",
+                format!(
+                    "`calls` must hold 1 to {MAX_BATCH} calls; it holds {}",
+                    items.len()
+                ),
+            ));
+        }
+        let total = items.len();
+        let mut calls = Vec::with_capacity(total);
+        let mut details = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let index = index as u32;
+            let parsed = CreateCallRequest::parse_from_json(Some(item.0))
+                .map_err(|err| {
+                    vec![FieldError::new(
+                        "",
+                        format!("not a valid call request: {}", err.into_message()),
+                    )]
+                })
+                .and_then(parse_request);
+            match parsed {
+                Ok(payload) => calls.push(NewCall::new(payload)),
+                Err(errors) => details.extend(errors.into_iter().map(|e| ErrorDetail {
+                    index: Some(index),
+                    field: (!e.field.is_empty()).then_some(e.field),
+                    message: e.message,
+                })),
+            }
+        }
+        if !details.is_empty() {
+            let bad: std::collections::BTreeSet<_> =
+                details.iter().filter_map(|d| d.index).collect();
+            let list = bad
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ApiError::BadRequest(envelope(
+                "VALIDATION_ERROR",
+                format!(
+                    "{} of {total} calls are invalid (index {list}); no call was created",
+                    bad.len()
+                ),
+                details,
+            )));
+        }
+        let created = db::create_calls(&self.state.pool, &calls).await?;
+        tracing::info!(count = created.len(), "batch created");
+        Ok(CreatedCalls::Created(Json(CallsEnvelope::new(
+            created.into_iter().map(Call::from).collect(),
+        ))))
+    }
+
+    /// Get a call
+    #[oai(path = "/calls/:id", method = "get", operation_id = "getCall")]
+    async fn get(&self, id: Path<Uuid>) -> Result<Json<CallEnvelope>, ApiError> {
+        let call = db::get_call(&self.state.pool, id.0)
+            .await
+            .map_err(|err| ApiError::from_db(err, id.0))?;
+        Ok(Json(CallEnvelope::new(call.into())))
+    }
+
+    /// Change a pending call
+    ///
+    /// Applies a JSON Merge Patch (RFC 7396) to the call's payload and validates the result
+    /// like a new call. Only a `PENDING` call can be changed (409 `CALL_NOT_PENDING`
+    /// otherwise); a patch racing the dispatcher either lands before the call is dialed, and
+    /// the dial uses it, or gets 409.
+    #[oai(path = "/calls/:id", method = "patch", operation_id = "updateCall")]
+    async fn patch(
+        &self,
+        id: Path<Uuid>,
+        body: Json<PatchCallRequest>,
+    ) -> Result<Json<CallEnvelope>, ApiError> {
+        let patch = body.0.payload;
+        if !patch.is_object() {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "payload",
+                "`payload` must be a JSON object (a merge patch of to, scriptId, metadata)",
+            )]));
+        }
+        let result = db::update_payload(&self.state.pool, id.0, &patch, |current| {
+            let mut merged = current.to_json();
+            merge_patch(&mut merged, &patch);
+            CallPayload::from_json(&merged)
+        })
+        .await
+        .map_err(|err| ApiError::from_db(err, id.0))?;
+        let call = result.map_err(ApiError::validation)?;
+        tracing::info!(call_id = %call.id, "call updated");
+        Ok(Json(CallEnvelope::new(call.into())))
+    }
+
+    /// Cancel a pending call
+    ///
+    /// A `PENDING` call becomes `CANCELLED` and is never dialed; any other status is 409.
+    #[oai(
+        path = "/calls/:id/cancel",
+        method = "post",
+        operation_id = "cancelCall"
+    )]
+    async fn cancel(&self, id: Path<Uuid>) -> Result<Json<CallEnvelope>, ApiError> {
+        let call = db::cancel_call(&self.state.pool, id.0)
+            .await
+            .map_err(|err| ApiError::from_db(err, id.0))?;
+        tracing::info!(call_id = %call.id, "call cancelled");
+        Ok(Json(CallEnvelope::new(call.into())))
+    }
+
+    /// List calls
+    ///
+    /// Newest first, optionally filtered by status and by number. Out-of-range `page` or
+    /// `limit` is 400, not clamped.
+    #[oai(path = "/calls", method = "get", operation_id = "listCalls")]
+    async fn list(
+        &self,
+        /// Only calls in this status.
+        status: Query<Option<Status>>,
+        /// Only calls to this number (normalised like `to` on create).
+        to: Query<Option<String>>,
+        /// Page number, from 1 (default 1).
+        page: Query<Option<i64>>,
+        /// Calls per page, 1 to 100 (default 10).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<CallPage>, ApiError> {
+        let page = page.0.unwrap_or(1);
+        if !(1..=MAX_PAGE).contains(&page) {
+            return Err(ApiError::bad_request(
+                "INVALID_PARAMETER",
+                format!("`page` must be between 1 and {MAX_PAGE}; it is {page}"),
+            ));
+        }
+        let limit = limit.0.unwrap_or(10);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "INVALID_PARAMETER",
+                format!("`limit` must be between 1 and {MAX_LIMIT}; it is {limit}"),
+            ));
+        }
+        let to = match to.0.as_deref() {
+            Some(raw) => Some(PhoneNumber::parse(raw).map_err(|err| {
+                ApiError::bad_request("INVALID_PARAMETER", format!("`to` {err}"))
+            })?),
+            None => None,
+        };
+        let filter = CallFilter {
+            status: status.0.map(CallStatus::from),
+            to,
+            page: page as u32,
+            limit: limit as u32,
+        };
+        let (calls, total) = db::list_calls(&self.state.pool, &filter).await?;
+        Ok(Json(CallPage {
+            success: true,
+            data: calls.into_iter().map(Call::from).collect(),
+            pagination: Pagination {
+                page: filter.page,
+                limit: filter.limit,
+                total,
+                total_pages: (total + limit - 1) / limit,
+            },
+        }))
+    }
+
+    /// A call's timeline
+    ///
+    /// Everything that happened to the call, oldest first: created, updated, each attempt
+    /// dialed and the provider's answer, each webhook received, retries scheduled, expiry,
+    /// cancellation.
+    #[oai(
+        path = "/calls/:id/events",
+        method = "get",
+        operation_id = "listCallEvents"
+    )]
+    async fn events(&self, id: Path<Uuid>) -> Result<Json<EventsEnvelope>, ApiError> {
+        let events = db::list_events(&self.state.pool, id.0)
+            .await
+            .map_err(|err| ApiError::from_db(err, id.0))?;
+        Ok(Json(EventsEnvelope::new(
+            events.into_iter().map(Into::into).collect(),
+        )))
+    }
+
+    /// Calls by status
+    ///
+    /// The number of calls in each status and in all, and the slots in use against the cap.
+    #[oai(
+        path = "/metrics",
+        method = "get",
+        operation_id = "getMetrics",
+        tag = "ApiTags::Operations"
+    )]
+    async fn metrics(&self) -> Result<Json<MetricsEnvelope>, ApiError> {
+        let counts = db::count_by_status(&self.state.pool).await?;
+        let mut data = StatusCounts::default();
+        for (status, n) in counts {
+            let slot = match status {
+                CallStatus::Pending => &mut data.pending,
+                CallStatus::InProgress => &mut data.in_progress,
+                CallStatus::Completed => &mut data.completed,
+                CallStatus::Failed => &mut data.failed,
+                CallStatus::Expired => &mut data.expired,
+                CallStatus::Cancelled => &mut data.cancelled,
+            };
+            *slot = n;
+            data.total += n;
+        }
+        let in_progress = data.in_progress;
+        Ok(Json(MetricsEnvelope {
+            success: true,
+            data,
+            timestamp: Utc::now(),
+            concurrency: Concurrency {
+                limit: self.state.max_concurrent_calls,
+                in_progress,
+            },
+        }))
+    }
+}

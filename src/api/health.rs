@@ -1,0 +1,42 @@
+//! `GET /health`, for load balancers and container health checks.
+
+use std::sync::Arc;
+
+use poem_openapi::{ApiResponse, OpenApi, payload::Json};
+
+use super::{ApiState, ApiTags, HEALTH_TIMEOUT, models::Health};
+use crate::db;
+
+#[derive(ApiResponse)]
+pub enum HealthResponse {
+    /// The process is up and the database answers.
+    #[oai(status = 200)]
+    Ok(Json<Health>),
+    /// The database does not answer; the process keeps trying and recovers by itself.
+    #[oai(status = 503)]
+    Unavailable(Json<Health>),
+}
+
+pub struct HealthApi {
+    pub state: Arc<ApiState>,
+}
+
+#[OpenApi(tag = "ApiTags::Operations")]
+impl HealthApi {
+    /// Health
+    ///
+    /// `{"status": "ok"}` while the database answers within two seconds; 503 otherwise.
+    /// No envelope: load balancers read it.
+    #[oai(path = "/health", method = "get", operation_id = "health")]
+    async fn health(&self) -> HealthResponse {
+        if db::ping(&self.state.pool, HEALTH_TIMEOUT).await {
+            HealthResponse::Ok(Json(Health {
+                status: "ok".into(),
+            }))
+        } else {
+            HealthResponse::Unavailable(Json(Health {
+                status: "unavailable".into(),
+            }))
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Configuration: defaults, then an optional TOML file, then environment variables.
+//!
+//! Every setting keeps the seed's environment variable name (`PORT`, `DB_HOST`,
+//! `MAX_CONCURRENT_CALLS`…); in a TOML file the same names are written in lower case
+//! (`max_concurrent_calls = 30`). The whole configuration is validated once, at start, and
+//! a problem is reported as one line naming the variable ([`ConfigError`]).
+
+use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Every environment variable the service reads; also the only keys a TOML file may hold.
+pub const KEYS: &[&str] = &[
+    "HOST",
+    "PORT",
+    "DATABASE_URL",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_USERNAME",
+    "DB_PASSWORD",
+    "DB_DATABASE",
+    "DB_MAX_CONNECTIONS",
+    "AI_CALL_API_URL",
+    "AI_CALL_API_KEY",
+    "WEBHOOK_BASE_URL",
+    "WEBHOOK_SECRET",
+    "MAX_CONCURRENT_CALLS",
+    "MAX_RETRY_ATTEMPTS",
+    "RETRY_BASE_DELAY",
+    "RETRY_MAX_DELAY",
+    "CALL_TIMEOUT",
+    "PROVIDER_TIMEOUT",
+    "API_KEYS",
+    "LOG_FORMAT",
+    "LOG_DIR",
+    "RUST_LOG",
+];
+
+/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that has to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_string(d).map(Secret)
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The validated configuration of one process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(deserialize_with = "lenient_string")]
+    pub host: String,
+    pub port: u16,
+    pub database_url: Option<Secret>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub db_host: String,
+    pub db_port: u16,
+    #[serde(deserialize_with = "lenient_string")]
+    pub db_username: String,
+    pub db_password: Secret,
+    #[serde(deserialize_with = "lenient_string")]
+    pub db_database: String,
+    /// Connections in this process's pool.
+    pub db_max_connections: u32,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub ai_call_api_url: Option<String>,
+    pub ai_call_api_key: Option<Secret>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub webhook_base_url: Option<String>,
+    pub webhook_secret: Option<Secret>,
+    pub max_concurrent_calls: u32,
+    pub max_retry_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub provider_timeout: Duration,
+    /// Comma-separated bearer keys; empty means no authentication.
+    pub api_keys: Option<Secret>,
+    pub log_format: LogFormat,
+    pub log_dir: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub rust_log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 3000,
+            database_url: None,
+            db_host: "localhost".into(),
+            db_port: 5432,
+            db_username: "postgres".into(),
+            db_password: Secret::new("password"),
+            db_database: "ai_call_orchestrator".into(),
+            db_max_connections: 10,
+            ai_call_api_url: None,
+            ai_call_api_key: None,
+            webhook_base_url: None,
+            webhook_secret: None,
+            max_concurrent_calls: 30,
+            max_retry_attempts: 3,
+            retry_base_delay: Duration::from_secs(30),
+            retry_max_delay: Duration::from_secs(30 * 60),
+            call_timeout: Duration::from_secs(30 * 60),
+            provider_timeout: Duration::from_secs(10),
+            api_keys: None,
+            log_format: LogFormat::Pretty,
+            log_dir: None,
+            rust_log: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem, already phrased for a person: `VARIABLE: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn at(key: &str, problem: impl fmt::Display) -> Self {
+        Self(format!("{}: {problem}", key.to_uppercase()))
+    }
+}
+
+/// What the command about to run needs from the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Only the database (`migrate`, `api`).
+    Database,
+    /// The database and the provider (`serve`, `worker`).
+    Provider,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (TOML) if given, then the process environment.
+    pub fn load(file: Option<&std::path::Path>, needs: Needs) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file, Env::raw().only(KEYS)), needs)
+    }
+
+    /// The layered sources, for [`Config::load`] and for tests that bring their own environment.
+    pub fn figment(file: Option<&std::path::Path>, env: Env) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(env)
+    }
+
+    /// Extracts and validates.
+    pub fn from_figment(figment: Figment, needs: Needs) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|err| {
+            let key = err.path.join(".");
+            let problem = describe(&err.kind);
+            if key.is_empty() {
+                ConfigError(problem)
+            } else {
+                ConfigError::at(&key, problem)
+            }
+        })?;
+        config.validate(needs)?;
+        Ok(config)
+    }
+
+    fn validate(&self, needs: Needs) -> Result<(), ConfigError> {
+        self.host
+            .parse::<IpAddr>()
+            .map_err(|_| ConfigError::at("host", "must be an IP address such as 0.0.0.0"))?;
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::at(
+                    "database_url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        if self.db_max_connections == 0 || self.db_max_connections > 1000 {
+            return Err(ConfigError::at(
+                "db_max_connections",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.max_concurrent_calls == 0 || self.max_concurrent_calls > 100_000 {
+            return Err(ConfigError::at(
+                "max_concurrent_calls",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.max_retry_attempts == 0 || self.max_retry_attempts > 100 {
+            return Err(ConfigError::at(
+                "max_retry_attempts",
+                "must be between 1 and 100 (the first attempt counts)",
+            ));
+        }
+        for (key, value) in [
+            ("retry_base_delay", self.retry_base_delay),
+            ("retry_max_delay", self.retry_max_delay),
+            ("call_timeout", self.call_timeout),
+            ("provider_timeout", self.provider_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::at(key, "must be longer than zero"));
+            }
+            if value > Duration::from_secs(366 * 24 * 3600) {
+                return Err(ConfigError::at(key, "must be at most a year"));
+            }
+        }
+        if self.retry_max_delay < self.retry_base_delay {
+            return Err(ConfigError::at(
+                "retry_max_delay",
+                "must not be shorter than RETRY_BASE_DELAY",
+            ));
+        }
+        if let Some(url) = &self.ai_call_api_url {
+            check_http_url("ai_call_api_url", url)?;
+        }
+        if let Some(url) = &self.webhook_base_url {
+            check_http_url("webhook_base_url", url)?;
+        }
+        if let Some(secret) = &self.webhook_secret {
+            crate::domain::webhook_secret_bytes(secret.expose())
+                .map_err(|problem| ConfigError::at("webhook_secret", problem))?;
+        }
+        if self.api_keys.is_some() && self.api_key_list().is_empty() {
+            return Err(ConfigError::at(
+                "api_keys",
+                "is set but holds no key; unset it to turn authentication off",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.rust_log)
+            .map_err(|err| ConfigError::at("rust_log", err))?;
+        if needs == Needs::Provider {
+            for (key, present) in [
+                ("ai_call_api_url", self.ai_call_api_url.is_some()),
+                ("ai_call_api_key", self.ai_call_api_key.is_some()),
+                ("webhook_base_url", self.webhook_base_url.is_some()),
+            ] {
+                if !present {
+                    return Err(ConfigError::at(key, "is required to place calls"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL: `DATABASE_URL` when set, else one built from the `DB_*` settings.
+    pub fn database_url(&self) -> Secret {
+        if let Some(url) = &self.database_url {
+            return url.clone();
+        }
+        Secret(format!(
+            "postgres://{}:{}@{}:{}/{}",
+            encode(&self.db_username),
+            encode(self.db_password.expose()),
+            self.db_host,
+            self.db_port,
+            encode(&self.db_database)
+        ))
+    }
+
+    /// The bearer keys of `API_KEYS`, blanks dropped.
+    pub fn api_key_list(&self) -> Vec<Secret> {
+        self.api_keys
+            .as_ref()
+            .map(|keys| {
+                keys.expose()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Ok(()),
+        Ok(_) => Err(ConfigError::at(key, "must be an http:// or https:// URL")),
+        Err(err) => Err(ConfigError::at(key, format!("is not a URL ({err})"))),
+    }
+}
+
+/// Percent-encodes one URL component (user, password, database name).
+fn encode(component: &str) -> String {
+    let mut out = String::with_capacity(component.len());
+    for byte in component.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn describe(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            if expected.contains("Duration") || expected.contains("duration") {
+                format!("expected a duration such as 250ms, 30s or 15m, found {actual}")
+            } else {
+                format!("expected {expected}, found {actual}")
+            }
+        }
+        Kind::InvalidValue(actual, expected) => format!("expected {expected}, found {actual}"),
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "unknown value `{found}`, expected one of {}",
+                expected.join(", ")
+            )
+        }
+        Kind::UnknownField(field, _) => format!("`{field}` is not a setting"),
+        Kind::MissingField(field) => format!("`{field}` is missing"),
+        Kind::Message(msg) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Environment values that look like numbers arrive as numbers; strings accept them as text.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    d.deserialize_any(TextVisitor)
+}
+
+fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    d.deserialize_option(OptionalTextVisitor)
+}
+
+struct TextVisitor;
+
+impl serde::de::Visitor<'_> for TextVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+struct OptionalTextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OptionalTextVisitor {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        lenient_string(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)], needs: Needs) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(
+            figment::providers::Data::<figment::providers::Toml>::string(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| format!("{} = {v}", k.to_lowercase()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        );
+        Config::from_figment(figment, needs)
+    }
+
+    #[test]
+    fn defaults_are_valid_for_the_api() {
+        let config = load(&[], Needs::Database).unwrap();
+        assert_eq!(config.port, 3000);
+        assert_eq!(config.max_concurrent_calls, 30);
+        assert_eq!(config.retry_base_delay, Duration::from_secs(30));
+        assert_eq!(
+            config.database_url().expose(),
+            "postgres://postgres:password@localhost:5432/ai_call_orchestrator"
+        );
+    }
+
+    #[test]
+    fn the_provider_settings_are_required_to_place_calls() {
+        let err = load(&[], Needs::Provider).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration error: AI_CALL_API_URL: is required to place calls"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = load(&[("MAX_CONCURRENT_CALLS", "0")], Needs::Database).unwrap_err();
+        assert!(err.to_string().contains("MAX_CONCURRENT_CALLS"), "{err}");
+        let err = load(&[("RETRY_BASE_DELAY", "\"soon\"")], Needs::Database).unwrap_err();
+        assert!(err.to_string().contains("RETRY_BASE_DELAY"), "{err}");
+        let err = load(&[("LOG_FORMAT", "\"xml\"")], Needs::Database).unwrap_err();
+        assert!(err.to_string().contains("LOG_FORMAT"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = load(
+            &[
+                ("DB_PASSWORD", "\"hunter2\""),
+                ("API_KEYS", "\"k1,k2\""),
+                ("DATABASE_URL", "\"postgres://u:hunter3@h/db\""),
+            ],
+            Needs::Database,
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("hunter3") && !debug.contains("k1"));
+        assert_eq!(config.api_key_list().len(), 2);
+    }
+
+    #[test]
+    fn database_url_components_are_percent_encoded() {
+        let config = load(&[("DB_PASSWORD", "\"p@ss/word\"")], Needs::Database).unwrap();
+        assert!(
+            config
+                .database_url()
+                .expose()
+                .contains("postgres:p%40ss%2Fword@")
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! The call timeline.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::domain::{CallEvent, EventKind};
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    call_id: Uuid,
+    attempt: Option<i32>,
+    kind: String,
+    detail: serde_json::Value,
+    at: DateTime<Utc>,
+}
+
+/// The timeline of one call, oldest first; `NotFound` when the call does not exist
+/// (every call has at least its `CREATED` event).
+pub async fn list_events(pool: &PgPool, call_id: Uuid) -> Result<Vec<CallEvent>, DbError> {
+    let rows: Vec<EventRow> =
+        sqlx::query_as("SELECT * FROM call_events WHERE call_id = $1 ORDER BY id")
+            .bind(call_id)
+            .fetch_all(pool)
+            .await?;
+    if rows.is_empty() {
+        return Err(DbError::NotFound);
+    }
+    rows.into_iter()
+        .map(|row| {
+            let kind = EventKind::parse(&row.kind).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown event kind {}", row.kind).into())
+            })?;
+            Ok(CallEvent {
+                id: row.id,
+                call_id: row.call_id,
+                attempt: row.attempt,
+                kind,
+                detail: row.detail,
+                at: row.at,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,56 @@
+//! PostgreSQL access: one small documented function per query; rows become domain types here.
+
+mod calls;
+mod events;
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+pub use calls::{
+    CallFilter, CreateOutcome, NewCall, cancel_call, count_by_status, create_call, create_calls,
+    get_call, list_calls, update_payload,
+};
+pub use events::list_events;
+
+/// Database errors the callers tell apart; everything else is `Other` and becomes a 500.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("call not found")]
+    NotFound,
+    #[error("call is {0}, not PENDING")]
+    NotPending(&'static str),
+    #[error("the Idempotency-Key was already used with another request body")]
+    IdempotencyConflict,
+    #[error(transparent)]
+    Other(#[from] sqlx::Error),
+}
+
+/// The migrations under `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool. Connections are made lazily and re-made after the database comes back.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("call-orchestrator")))
+}
+
+/// Applies pending migrations. Safe when several replicas start at once: sqlx holds a
+/// PostgreSQL advisory lock for the duration, so one applies them and the others wait.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// True when the database answers a trivial query within `timeout`.
+pub async fn ping(pool: &PgPool, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool)).await,
+        Ok(Ok(_))
+    )
+}

@@ -1,0 +1,213 @@
+//! A call, its statuses and the transitions between them.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::CallPayload;
+
+/// Where a call stands. `PENDING` and `IN_PROGRESS` are live; the rest are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallStatus {
+    /// Waiting for its turn or for its next attempt.
+    Pending,
+    /// Dialed; the provider holds it and a slot is taken.
+    InProgress,
+    Completed,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl CallStatus {
+    pub const ALL: [CallStatus; 6] = [
+        Self::Pending,
+        Self::InProgress,
+        Self::Completed,
+        Self::Failed,
+        Self::Expired,
+        Self::Cancelled,
+    ];
+
+    /// The name used in the API and in the database enum.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Expired => "EXPIRED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::InProgress)
+    }
+
+    /// The transitions the service ever makes. An `EXPIRED` call may still learn its real
+    /// outcome from a late final webhook; every other final status is the end.
+    pub fn can_become(self, next: CallStatus) -> bool {
+        use CallStatus::*;
+        matches!(
+            (self, next),
+            (Pending, InProgress | Cancelled)
+                | (InProgress, Pending | Completed | Failed | Expired)
+                | (Expired, Completed | Failed)
+        )
+    }
+}
+
+/// A call as clients see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub id: Uuid,
+    pub payload: CallPayload,
+    pub status: CallStatus,
+    /// Dial attempts made so far (the next is `attempts + 1`).
+    pub attempts: i32,
+    /// The provider's id for the latest attempt.
+    pub external_call_id: Option<String>,
+    pub last_error: Option<String>,
+    /// When a `PENDING` call becomes due; `None` once it is not pending.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub duration_sec: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// What happened to a call, one entry of its timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Accepted by the API.
+    Created,
+    /// Its payload was changed by `PATCH`.
+    Updated,
+    /// Cancelled by a client while pending.
+    Cancelled,
+    /// An attempt was sent to the provider.
+    Dialed,
+    /// The provider accepted an attempt.
+    Accepted,
+    /// The provider refused an attempt or could not be reached.
+    DialFailed,
+    /// The provider asked to slow down; the call waits without using an attempt.
+    RateLimited,
+    /// A webhook about one of the call's attempts arrived.
+    WebhookReceived,
+    /// A failed attempt will be followed by another.
+    RetryScheduled,
+    /// The call ended well.
+    Completed,
+    /// The call ended without success, attempts exhausted or refused for good.
+    Failed,
+    /// No final webhook came within `CALL_TIMEOUT`.
+    Expired,
+    /// An attempt abandoned by a stopped replica was taken over.
+    Rescued,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 13] = [
+        Self::Created,
+        Self::Updated,
+        Self::Cancelled,
+        Self::Dialed,
+        Self::Accepted,
+        Self::DialFailed,
+        Self::RateLimited,
+        Self::WebhookReceived,
+        Self::RetryScheduled,
+        Self::Completed,
+        Self::Failed,
+        Self::Expired,
+        Self::Rescued,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::Updated => "UPDATED",
+            Self::Cancelled => "CANCELLED",
+            Self::Dialed => "DIALED",
+            Self::Accepted => "ACCEPTED",
+            Self::DialFailed => "DIAL_FAILED",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::WebhookReceived => "WEBHOOK_RECEIVED",
+            Self::RetryScheduled => "RETRY_SCHEDULED",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Expired => "EXPIRED",
+            Self::Rescued => "RESCUED",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// One entry of a call's timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallEvent {
+    pub id: i64,
+    pub call_id: Uuid,
+    /// The attempt it concerns, when it concerns one.
+    pub attempt: Option<i32>,
+    pub kind: EventKind,
+    /// Free-form facts: the provider's answer, a webhook body, the retry time…
+    pub detail: Value,
+    pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for status in CallStatus::ALL {
+            assert_eq!(CallStatus::parse(status.as_str()), Some(status));
+        }
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(CallStatus::parse("pending"), None);
+    }
+
+    #[test]
+    fn final_statuses_do_not_move_except_expired() {
+        use CallStatus::*;
+        for from in [Completed, Failed, Cancelled] {
+            for to in CallStatus::ALL {
+                assert!(!from.can_become(to), "{from:?} -> {to:?}");
+            }
+        }
+        assert!(Expired.can_become(Completed));
+        assert!(Expired.can_become(Failed));
+        assert!(!Expired.can_become(Pending));
+    }
+
+    #[test]
+    fn only_pending_calls_are_claimed_or_cancelled() {
+        use CallStatus::*;
+        assert!(Pending.can_become(InProgress));
+        assert!(Pending.can_become(Cancelled));
+        assert!(!InProgress.can_become(Cancelled));
+        assert!(!Pending.can_become(Completed));
+        assert!(InProgress.can_become(Pending));
+    }
+
+    #[test]
+    fn live_and_final() {
+        assert!(!CallStatus::Pending.is_final());
+        assert!(!CallStatus::InProgress.is_final());
+        assert!(CallStatus::Expired.is_final());
+    }
+}

@@ -1,0 +1,10 @@
+//! call-orchestrator: places AI phone calls through a provider, with PostgreSQL as the only
+//! source of truth and the only queue.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod pg;
+pub mod telemetry;

@@ -1,0 +1,414 @@
+//! A private, throwaway PostgreSQL cluster started from the server binaries on the machine.
+//!
+//! Tests start one each (so they run in parallel without sharing anything), and `demo` runs
+//! on one when no database is configured. PostgreSQL refuses to run as root: as root, the
+//! cluster's files belong to the unprivileged `postgres` user and `initdb` and `postgres`
+//! run as that user. `initdb` runs once per PostgreSQL version into a template that each
+//! new cluster copies, which makes a cluster cost a copy and a start.
+
+use std::{
+    fs,
+    io::Read,
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::{Gid, Pid, Uid, User, chown},
+};
+
+/// Why a cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres) were not found on PATH or in the usual \
+         install folders; install them with `apt-get install postgresql` (Debian, Ubuntu) or \
+         `brew install postgresql@16` (macOS)"
+    )]
+    NotInstalled,
+    #[error(
+        "running as root, but there is no unprivileged `postgres` user to run PostgreSQL as \
+         (PostgreSQL refuses to run as root); create one with `useradd --system postgres`"
+    )]
+    NoUnprivilegedUser,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
+    let what = what.into();
+    move |source| PgError::Io { what, source }
+}
+
+/// How the cluster trades safety for speed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterOptions {
+    /// Keep `fsync` and synchronous commit on (benchmarks); off by default, since the data
+    /// is thrown away with the cluster.
+    pub durable: bool,
+}
+
+/// A running cluster; stopped and deleted on drop.
+pub struct PgCluster {
+    root: tempfile::TempDir,
+    bin_dir: PathBuf,
+    owner: Option<(Uid, Gid)>,
+    port: u16,
+    options: ClusterOptions,
+    child: Option<Child>,
+}
+
+impl PgCluster {
+    /// Starts a fresh cluster on a free loopback port and waits until it accepts connections.
+    pub async fn start(options: ClusterOptions) -> Result<Self, PgError> {
+        let bin_dir = find_bin_dir().ok_or(PgError::NotInstalled)?;
+        let owner = unprivileged_owner()?;
+        let template = template(&bin_dir, owner)?;
+        let root = tempfile::Builder::new()
+            .prefix("call-orchestrator-pg-")
+            .tempdir()
+            .map_err(io("creating the cluster folder"))?;
+        give_to(root.path(), owner)?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(template.join("data"))
+            .arg(root.path().join("data"))
+            .status()
+            .map_err(io("copying the template cluster"))?;
+        if !status.success() {
+            return Err(PgError::Failed(format!(
+                "copying the template cluster failed ({status})"
+            )));
+        }
+        let mut cluster = Self {
+            root,
+            bin_dir,
+            owner,
+            port: 0,
+            options,
+            child: None,
+        };
+        cluster.start_server().await?;
+        Ok(cluster)
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// A URL for `database` as the superuser `postgres` (trust authentication on loopback).
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a database and returns its URL.
+    pub async fn create_database(&self, name: &str) -> Result<String, PgError> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .map_err(|e| PgError::Failed(format!("connecting to the cluster: {e}")))?;
+        sqlx::query(&format!(
+            "CREATE DATABASE \"{}\"",
+            name.replace('"', "\"\"")
+        ))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| PgError::Failed(format!("creating database {name}: {e}")))?;
+        Ok(self.url(name))
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut, data is kept).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Signal::SIGINT, Duration::from_secs(20));
+        }
+    }
+
+    /// Starts the server again on the same port after [`PgCluster::stop`].
+    pub async fn restart(&mut self) -> Result<(), PgError> {
+        self.stop();
+        self.start_server().await
+    }
+
+    async fn start_server(&mut self) -> Result<(), PgError> {
+        let mut last_error = String::new();
+        // A port found free can be taken before the server binds it; try a few.
+        for _ in 0..5 {
+            if self.port == 0 || !last_error.is_empty() {
+                self.port = free_port()?;
+            }
+            let mut child = self.spawn_server()?;
+            match self.wait_ready(&mut child).await {
+                Ok(()) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(err) => {
+                    stop_child(&mut child, Signal::SIGQUIT, Duration::from_secs(5));
+                    last_error = err;
+                }
+            }
+        }
+        Err(PgError::Failed(format!(
+            "PostgreSQL did not start: {last_error}"
+        )))
+    }
+
+    fn spawn_server(&self) -> Result<Child, PgError> {
+        let log = fs::File::create(self.root.path().join("postgres.log"))
+            .map_err(io("creating postgres.log"))?;
+        if let Some((uid, gid)) = self.owner {
+            chown(&self.root.path().join("postgres.log"), Some(uid), Some(gid))
+                .map_err(|e| PgError::Failed(format!("chown postgres.log: {e}")))?;
+        }
+        let mut command = Command::new(self.bin_dir.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1"])
+            .args(["-c", "unix_socket_directories="])
+            .args(["-c", "max_connections=300"])
+            .args(["-c", "listen_addresses=127.0.0.1"]);
+        if !self.options.durable {
+            command.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("postgres.log"))?)
+            .stderr(log);
+        run_as(&mut command, self.owner);
+        die_with_parent(&mut command);
+        command.spawn().map_err(io("starting postgres"))
+    }
+
+    async fn wait_ready(&self, child: &mut Child) -> Result<(), String> {
+        use sqlx::Connection as _;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("postgres exited ({status}): {}", self.log_tail()));
+            }
+            if let Ok(conn) = sqlx::PgConnection::connect(&self.url("postgres")).await {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready within a minute: {}", self.log_tail()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = fs::File::open(self.root.path().join("postgres.log")) {
+            let _ = file.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().rev().take(5).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The data goes with the folder: no need for a clean shutdown.
+            stop_child(&mut child, Signal::SIGQUIT, Duration::from_secs(10));
+        }
+    }
+}
+
+fn stop_child(child: &mut Child, signal: Signal, grace: Duration) {
+    let _ = kill(Pid::from_raw(child.id() as i32), signal);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn free_port() -> Result<u16, PgError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
+}
+
+/// When the process is root, the user PostgreSQL runs as; otherwise `None` (run as ourselves).
+fn unprivileged_owner() -> Result<Option<(Uid, Gid)>, PgError> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    match User::from_name("postgres") {
+        Ok(Some(user)) => Ok(Some((user.uid, user.gid))),
+        _ => Err(PgError::NoUnprivilegedUser),
+    }
+}
+
+fn give_to(path: &Path, owner: Option<(Uid, Gid)>) -> Result<(), PgError> {
+    if let Some((uid, gid)) = owner {
+        chown(path, Some(uid), Some(gid))
+            .map_err(|e| PgError::Failed(format!("chown {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn run_as(command: &mut Command, owner: Option<(Uid, Gid)>) {
+    if let Some((uid, gid)) = owner {
+        command.uid(uid.as_raw()).gid(gid.as_raw());
+        // HOME of root is not readable by `postgres`; give it somewhere harmless.
+        command
+            .env("HOME", std::env::temp_dir())
+            .current_dir(std::env::temp_dir());
+    }
+}
+
+/// The server must not outlive the process that started it, even one killed with SIGKILL.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// The folder holding `initdb` and `postgres`: PATH first, then the usual install folders.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if has_both(&dir) {
+                return Some(dir);
+            }
+        }
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for pattern_root in [
+        "/usr/lib/postgresql",
+        "/opt/homebrew/opt",
+        "/usr/local/opt",
+        "/usr/pgsql",
+    ] {
+        if let Ok(entries) = fs::read_dir(pattern_root) {
+            let mut dirs: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    name.is_some_and(|n| {
+                        n.chars().next().is_some_and(|c| c.is_ascii_digit())
+                            || n.starts_with("postgresql")
+                    })
+                })
+                .map(|p| p.join("bin"))
+                .collect();
+            // Newest version first (numeric order, so 16 comes before 9.6).
+            dirs.sort_by_key(|p| std::cmp::Reverse(version_key(p)));
+            candidates.extend(dirs);
+        }
+    }
+    candidates.extend(["/usr/local/pgsql/bin", "/opt/homebrew/bin"].map(PathBuf::from));
+    candidates.into_iter().find(|dir| has_both(dir))
+}
+
+fn version_key(bin: &Path) -> Vec<u32> {
+    let name = bin
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// The initdb'd template for these binaries, made once and shared by every later cluster.
+fn template(bin_dir: &Path, owner: Option<(Uid, Gid)>) -> Result<PathBuf, PgError> {
+    let version = Command::new(bin_dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(io("running postgres --version"))?;
+    let version: String = String::from_utf8_lossy(&version.stdout)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let uid = nix::unistd::getuid().as_raw();
+    let path = std::env::temp_dir().join(format!(
+        "call-orchestrator-pg-template-{}-{uid}",
+        version.trim_matches('_')
+    ));
+    if path.join("data").join("PG_VERSION").is_file() {
+        return Ok(path);
+    }
+    // Build beside it and rename into place, so a racing process never sees half a template.
+    let staging = tempfile::Builder::new()
+        .prefix("call-orchestrator-pg-staging-")
+        .tempdir()
+        .map_err(io("creating the template folder"))?;
+    give_to(staging.path(), owner)?;
+    let mut command = Command::new(bin_dir.join("initdb"));
+    command
+        .arg("-D")
+        .arg(staging.path().join("data"))
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-N",
+        ])
+        .stdin(Stdio::null());
+    run_as(&mut command, owner);
+    let output = command.output().map_err(io("running initdb"))?;
+    if !output.status.success() {
+        return Err(PgError::Failed(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let staging = staging.keep();
+    if fs::rename(&staging, &path).is_err() {
+        // Another process won the race; its template is as good as ours.
+        let _ = fs::remove_dir_all(&staging);
+        if !path.join("data").join("PG_VERSION").is_file() {
+            return Err(PgError::Failed(format!(
+                "could not place the template at {}",
+                path.display()
+            )));
+        }
+    }
+    Ok(path)
+}

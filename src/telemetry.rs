@@ -1,0 +1,52 @@
+//! Logging: human-readable or JSON lines on stdout, and with `LOG_DIR` also `combined.log`
+//! and `error.log` there, rotated daily.
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
+};
+
+use crate::config::{Config, LogFormat};
+
+/// Keeps the background log writers alive; drop it last, at exit, to flush them.
+pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
+
+/// Installs the global subscriber. Call once, before anything logs.
+pub fn init(config: &Config) -> Guards {
+    let filter = || EnvFilter::try_new(&config.rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = config.log_format == LogFormat::Json;
+    let stdout = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let mut layers = vec![stdout.with_filter(filter()).boxed()];
+    let mut guards = Vec::new();
+    if let Some(dir) = &config.log_dir {
+        for (name, level) in [
+            ("combined.log", None),
+            ("error.log", Some(LevelFilter::ERROR)),
+        ] {
+            let (writer, guard) =
+                tracing_appender::non_blocking(tracing_appender::rolling::daily(dir, name));
+            guards.push(guard);
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_ansi(false)
+                .with_writer(writer);
+            layers.push(match level {
+                Some(level) => layer.with_filter(level).boxed(),
+                None => layer.with_filter(filter()).boxed(),
+            });
+        }
+    }
+    tracing_subscriber::registry().with(layers).init();
+    Guards(guards)
+}

@@ -1,0 +1,187 @@
+//! The binary as an operator runs it: configuration errors, migrations, start and stop.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use call_orchestrator::pg::{ClusterOptions, PgCluster};
+
+const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
+
+/// The binary with a clean environment: no setting leaks in from the machine.
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+}
+
+fn assert_config_error(command: &mut Command, variable: &str) {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one clear line, not {stderr}");
+    assert!(lines[0].contains(variable), "{stderr}");
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_status_2() {
+    for (variable, value) in [
+        ("PORT", "seventy"),
+        ("PORT", "70000"),
+        ("DB_PORT", "-1"),
+        ("MAX_CONCURRENT_CALLS", "0"),
+        ("MAX_CONCURRENT_CALLS", "many"),
+        ("MAX_RETRY_ATTEMPTS", "0"),
+        ("RETRY_BASE_DELAY", "soon"),
+        ("RETRY_MAX_DELAY", "1ms"),
+        ("CALL_TIMEOUT", "0s"),
+        ("PROVIDER_TIMEOUT", "10"),
+        ("LOG_FORMAT", "xml"),
+        ("DATABASE_URL", "mysql://x"),
+        ("HOST", "example.com"),
+        ("AI_CALL_API_URL", "not a url"),
+        ("WEBHOOK_BASE_URL", "ftp://example.com"),
+        ("WEBHOOK_SECRET", "whsec_%%%"),
+        ("API_KEYS", " , "),
+        ("RUST_LOG", "[[["),
+    ] {
+        assert_config_error(command(&["migrate"]).env(variable, value), variable);
+    }
+}
+
+#[tokio::test]
+async fn configuration_file_is_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "max_concurrent_calls = 0\n").unwrap();
+    assert_config_error(
+        &mut command(&["--config", file.to_str().unwrap(), "migrate"]),
+        "MAX_CONCURRENT_CALLS",
+    );
+    std::fs::write(&file, "max_concurent_calls = 5\n").unwrap();
+    assert_config_error(
+        &mut command(&["--config", file.to_str().unwrap(), "migrate"]),
+        "max_concurent_calls",
+    );
+    // The environment wins over the file, and the file over the defaults.
+    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "max_concurrent_calls = 0\ndatabase_url = \"{}\"\n",
+            cluster.url("postgres")
+        ),
+    )
+    .unwrap();
+    let output = command(&["--config", file.to_str().unwrap(), "migrate"])
+        .env("MAX_CONCURRENT_CALLS", "5")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let missing = dir.path().join("missing.toml");
+    let output = command(&["--config", missing.to_str().unwrap(), "migrate"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["api", "--help"],
+        &["migrate", "--help"],
+        &["openapi", "--help"],
+    ] {
+        let output = command(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(!output.stdout.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_safe_when_replicas_start_at_once() {
+    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let url = cluster.url("postgres");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            command(&["migrate"])
+                .env("DATABASE_URL", &url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied as usize,
+        call_orchestrator::db::MIGRATOR.iter().count()
+    );
+}
+
+#[tokio::test]
+async fn api_serves_and_stops_cleanly_on_sigterm() {
+    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = command(&["api"])
+        .env("DATABASE_URL", cluster.url("postgres"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health = client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the API did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the API did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

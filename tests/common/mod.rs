@@ -1,0 +1,171 @@
+//! Shared by the integration tests: a private PostgreSQL cluster per test, the real HTTP
+//! server on a loopback port chosen by the OS, and small request helpers.
+
+#![allow(dead_code)]
+
+use std::{sync::Once, time::Duration};
+
+use call_orchestrator::{
+    app,
+    config::Config,
+    pg::{ClusterOptions, PgCluster},
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running service on its own database.
+pub struct TestApp {
+    pub base: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub config: Config,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    // Last: the cluster outlives the server and the pool.
+    pub cluster: PgCluster,
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into()))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts with the default configuration, changed by `adjust`.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        init_logs();
+        let cluster = PgCluster::start(ClusterOptions::default())
+            .await
+            .expect("start PostgreSQL");
+        let mut config = Config {
+            database_url: Some(call_orchestrator::config::Secret::new(
+                cluster.url("postgres"),
+            )),
+            host: "127.0.0.1".into(),
+            port: 0,
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let pool = app::connect_and_migrate(&config).await.expect("migrate");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn({
+            let config = config.clone();
+            let pool = pool.clone();
+            let shutdown = shutdown.clone();
+            async move { app::serve_api(&config, pool, listener, shutdown).await }
+        });
+        Self {
+            base,
+            pool,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            config,
+            shutdown,
+            server: Some(server),
+            cluster,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `body` as JSON (when given) and returns the status and the JSON answer
+    /// (`Value::Null` when the answer is not JSON).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.request(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::PATCH, path, Some(body)).await
+    }
+
+    /// Creates a call and returns it (`data` of the answer).
+    pub async fn create_call(&self, to: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/v1/calls",
+                json!({"to": to, "scriptId": "welcomeFlow"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["data"].clone()
+    }
+
+    /// Rows in the tables a request may write to: (calls, events, idempotency keys).
+    pub async fn row_counts(&self) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM calls), (SELECT count(*) FROM call_events),
+                    (SELECT count(*) FROM idempotency_keys)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Stops the HTTP server and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Asserts the failure envelope with `code`, and returns the message.
+pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) -> String {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["success"], json!(false), "{body}");
+    assert_eq!(body["error"]["code"], json!(code), "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!message.is_empty(), "an error needs a message: {body}");
+    message
+}
