@@ -41,6 +41,10 @@ CREATE UNIQUE INDEX calls_one_in_progress_per_number
 CREATE INDEX calls_pending_oldest_first
     ON calls (seq) INCLUDE (next_attempt_at, to_number) WHERE status = 'PENDING';
 
+-- When the next retry falls due, for the dispatcher's timer.
+CREATE INDEX calls_pending_by_due
+    ON calls (next_attempt_at) WHERE status = 'PENDING';
+
 -- The sweeper's expiry scan.
 CREATE INDEX calls_in_progress_by_start
     ON calls (started_at) WHERE status = 'IN_PROGRESS';
@@ -57,21 +61,37 @@ ALTER TABLE calls SET (
     fillfactor = 90
 );
 
+-- One row per dial request sent (or about to be sent) to the provider.
 CREATE TABLE call_attempts (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     call_id          uuid NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
+    -- The attempt number, from 1; the provider sees it in `Idempotency-Key: {call id}:{attempt}`.
     attempt          integer NOT NULL CHECK (attempt >= 1),
     -- DIALING: claimed, the provider request may be under way; ACCEPTED: the provider
-    -- answered 2xx; then one final outcome.
+    -- answered 2xx; then one outcome. RATE_LIMITED (429) does not count as an attempt:
+    -- the same number is dialed again later, so only it may repeat.
     status           text NOT NULL DEFAULT 'DIALING' CHECK (status IN (
                          'DIALING', 'ACCEPTED', 'COMPLETED', 'FAILED', 'RATE_LIMITED', 'EXPIRED'
                      )),
     provider_call_id text UNIQUE,
     error            text,
     claimed_at       timestamptz NOT NULL DEFAULT now(),
+    -- While DIALING, the replica that claimed it owns it until then; after, the sweeper
+    -- takes the attempt over and sends it again with the same Idempotency-Key.
+    lease_until      timestamptz NOT NULL,
+    rescues          integer NOT NULL DEFAULT 0,
     accepted_at      timestamptz,
     ended_at         timestamptz,
-    PRIMARY KEY (call_id, attempt)
+    CONSTRAINT call_attempts_final_has_ended_at
+        CHECK ((status IN ('DIALING', 'ACCEPTED')) = (ended_at IS NULL))
 );
+
+CREATE UNIQUE INDEX call_attempts_each_number_once
+    ON call_attempts (call_id, attempt) WHERE status <> 'RATE_LIMITED';
+
+-- The sweeper's rescue scan: attempts whose dialer may have died.
+CREATE INDEX call_attempts_dialing_by_lease
+    ON call_attempts (lease_until) WHERE status = 'DIALING';
 
 CREATE TABLE call_events (
     id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -97,3 +117,24 @@ CREATE TABLE idempotency_keys (
 );
 
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+
+-- Wake the dispatchers when a call becomes claimable or a slot frees: statement-level
+-- triggers, so a batch of a thousand calls is one notification, sent at commit (and
+-- collapsed with any other of the same transaction). Claims (rows becoming IN_PROGRESS)
+-- notify nobody, or replicas would wake each other forever. Listeners treat it as a hint.
+CREATE FUNCTION notify_dispatchers() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM changed WHERE status <> 'IN_PROGRESS') THEN
+        PERFORM pg_notify('call_orchestrator_wakeup', '');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER calls_inserted_wake_dispatchers
+    AFTER INSERT ON calls REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_dispatchers();
+
+CREATE TRIGGER calls_updated_wake_dispatchers
+    AFTER UPDATE ON calls REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_dispatchers();

@@ -9,10 +9,14 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use tokio::task::JoinSet;
+
 use crate::{
     api::{self, ApiState},
-    config::Config,
+    config::{Config, Secret},
     db,
+    provider::HttpProvider,
+    worker::{Dispatcher, Sweeper, Worker, WorkerSettings},
 };
 
 /// Opens the pool and applies pending migrations, waiting for a database that is still
@@ -74,10 +78,7 @@ pub async fn serve_api(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(ApiState {
-        pool,
-        max_concurrent_calls: config.max_concurrent_calls,
-    });
+    let state = Arc::new(ApiState::new(config, pool));
     let acceptor = TcpAcceptor::from_tokio(listener).context("HTTP listener")?;
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
@@ -99,12 +100,90 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// `call-orchestrator api`: the HTTP API alone.
-pub async fn run_api(config: Config) -> anyhow::Result<()> {
+/// Which parts of the service a process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// The HTTP API (and the webhook route).
+    pub api: bool,
+    /// The dispatcher and the sweeper.
+    pub worker: bool,
+}
+
+impl Roles {
+    pub const SERVE: Roles = Roles {
+        api: true,
+        worker: true,
+    };
+    pub const API: Roles = Roles {
+        api: true,
+        worker: false,
+    };
+    pub const WORKER: Roles = Roles {
+        api: false,
+        worker: true,
+    };
+}
+
+/// The worker's handles, built from the configuration.
+pub fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
+    let settings = WorkerSettings::from_config(config);
+    let provider = HttpProvider::new(
+        config.ai_call_api_url.as_deref().unwrap_or_default(),
+        config
+            .ai_call_api_key
+            .clone()
+            .unwrap_or_else(|| Secret::new("")),
+        config.provider_timeout,
+    )
+    .context("building the provider client")?;
+    Ok(Worker {
+        pool,
+        provider,
+        settings: Arc::new(settings),
+    })
+}
+
+/// `serve`, `api`, `worker`: runs the chosen parts until SIGTERM or SIGINT, then lets each
+/// finish what it started (the HTTP requests in flight, the provider requests in flight).
+pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let pool = connect_and_migrate(&config).await?;
-    let listener = bind(&config).await?;
-    serve_api(&config, pool.clone(), listener, shutdown).await?;
+    let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    if roles.api {
+        let listener = bind(&config).await?;
+        let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
+        parts.spawn(async move { serve_api(&config, pool, listener, shutdown).await });
+    }
+    if roles.worker {
+        let worker = worker(&config, pool.clone())?;
+        tracing::info!(
+            cap = config.max_concurrent_calls,
+            provider = config.ai_call_api_url.as_deref().unwrap_or_default(),
+            "dispatcher and sweeper running"
+        );
+        let dispatcher = Dispatcher::new(worker.clone());
+        let sweeper = Sweeper::new(worker);
+        let token = shutdown.clone();
+        parts.spawn(async move {
+            dispatcher.run(token).await;
+            Ok(())
+        });
+        let token = shutdown.clone();
+        parts.spawn(async move {
+            sweeper.run(token).await;
+            Ok(())
+        });
+    }
+    let mut failure = None;
+    while let Some(ended) = parts.join_next().await {
+        let result = ended.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(err) = result {
+            // One part failing takes the process down cleanly rather than half-alive.
+            shutdown.cancel();
+            failure.get_or_insert(err);
+        }
+    }
     pool.close().await;
-    Ok(())
+    tracing::info!("stopped");
+    failure.map_or(Ok(()), Err)
 }

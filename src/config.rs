@@ -254,7 +254,13 @@ impl Config {
         if let Some(url) = &self.webhook_base_url {
             check_http_url("webhook_base_url", url)?;
         }
-        if let Some(secret) = &self.webhook_secret {
+        if self.webhook_secret.is_some() && self.webhook_secret_list().is_empty() {
+            return Err(ConfigError::at(
+                "webhook_secret",
+                "is set but holds no secret",
+            ));
+        }
+        for secret in self.webhook_secret_list() {
             crate::domain::webhook_secret_bytes(secret.expose())
                 .map_err(|problem| ConfigError::at("webhook_secret", problem))?;
         }
@@ -297,18 +303,27 @@ impl Config {
 
     /// The bearer keys of `API_KEYS`, blanks dropped.
     pub fn api_key_list(&self) -> Vec<Secret> {
-        self.api_keys
-            .as_ref()
-            .map(|keys| {
-                keys.expose()
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(Secret::new)
-                    .collect()
-            })
-            .unwrap_or_default()
+        split_list(self.api_keys.as_ref())
     }
+
+    /// The secrets of `WEBHOOK_SECRET`: one, or several separated by commas while a
+    /// rotation is under way (a webhook signed with any of them is accepted).
+    pub fn webhook_secret_list(&self) -> Vec<Secret> {
+        split_list(self.webhook_secret.as_ref())
+    }
+}
+
+fn split_list(list: Option<&Secret>) -> Vec<Secret> {
+    list.map(|items| {
+        items
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(Secret::new)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {

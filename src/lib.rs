@@ -7,4 +7,6 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod pg;
+pub mod provider;
 pub mod telemetry;
+pub mod worker;

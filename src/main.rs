@@ -24,8 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// HTTP API, dispatcher and sweeper in one process (the usual deployment unit).
+    Serve,
     /// Serve the HTTP API only (no dispatching).
     Api,
+    /// The dispatcher and the sweeper only (no HTTP API).
+    Worker,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Print the OpenAPI document the server serves (YAML).
@@ -38,7 +42,11 @@ fn main() -> ExitCode {
         print!("{}", api::openapi_yaml());
         return ExitCode::SUCCESS;
     }
-    let config = match Config::load(cli.config.as_deref(), Needs::Database) {
+    let needs = match cli.command {
+        Command::Serve | Command::Worker => Needs::Provider,
+        _ => Needs::Database,
+    };
+    let config = match Config::load(cli.config.as_deref(), needs) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("{err}");
@@ -49,7 +57,9 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Api => app::run_api(config).await,
+            Command::Serve => app::run(config, app::Roles::SERVE).await,
+            Command::Api => app::run(config, app::Roles::API).await,
+            Command::Worker => app::run(config, app::Roles::WORKER).await,
             Command::Migrate => {
                 let pool = app::connect_and_migrate(&config).await?;
                 tracing::info!("migrations applied");

@@ -4,15 +4,24 @@ mod calls;
 mod error;
 mod health;
 pub mod models;
+mod webhooks;
 
 use std::{sync::Arc, time::Duration};
 
 use poem::{
-    Endpoint, EndpointExt, IntoEndpoint, Request, Response, Route, http::header,
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route,
+    http::{StatusCode, header},
     middleware::Tracing,
 };
 use poem_openapi::{OpenApiService, Tags};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+
+use crate::{
+    config::{Config, Secret},
+    domain::RetryPolicy,
+    worker::{WEBHOOK_PATH, WorkerSettings},
+};
 
 pub use calls::{MAX_BATCH, MAX_LIMIT};
 pub use error::ApiError;
@@ -29,6 +38,29 @@ pub struct ApiState {
     pub pool: PgPool,
     /// `MAX_CONCURRENT_CALLS`, reported by the metrics route.
     pub max_concurrent_calls: u32,
+    /// Applied to attempts that webhooks report failed.
+    pub policy: RetryPolicy,
+    /// `API_KEYS`; empty: no authentication.
+    pub api_keys: Vec<Secret>,
+    /// One verifier per `WEBHOOK_SECRET` (several during a rotation); empty: unsigned.
+    pub webhook_verifiers: Vec<standardwebhooks::Webhook>,
+}
+
+impl ApiState {
+    pub fn new(config: &Config, pool: PgPool) -> Self {
+        let settings = WorkerSettings::from_config(config);
+        Self {
+            pool,
+            max_concurrent_calls: config.max_concurrent_calls,
+            policy: settings.policy,
+            api_keys: config.api_key_list(),
+            webhook_verifiers: config
+                .webhook_secret_list()
+                .iter()
+                .filter_map(|secret| standardwebhooks::Webhook::new(secret.expose()).ok())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Tags)]
@@ -37,13 +69,20 @@ pub enum ApiTags {
     Calls,
     /// Health and counts, for operators and load balancers.
     Operations,
+    /// Called by the AI call provider.
+    Webhooks,
 }
 
 /// The OpenAPI service: the routes and their document.
-pub fn service(state: Arc<ApiState>) -> OpenApiService<(calls::CallsApi, health::HealthApi), ()> {
+pub fn service(
+    state: Arc<ApiState>,
+) -> OpenApiService<(calls::CallsApi, webhooks::WebhooksApi, health::HealthApi), ()> {
     OpenApiService::new(
         (
             calls::CallsApi {
+                state: state.clone(),
+            },
+            webhooks::WebhooksApi {
                 state: state.clone(),
             },
             health::HealthApi { state },
@@ -58,7 +97,9 @@ pub fn service(state: Arc<ApiState>) -> OpenApiService<(calls::CallsApi, health:
          followed to its end through the provider's webhooks.\n\n\
          Every success is `{\"success\": true, \"data\": …}`; every failure is \
          `{\"success\": false, \"error\": {\"code\", \"message\"}}` with a 4xx status for a \
-         bad request, and nothing written.",
+         bad request, and nothing written.\n\n\
+         When the service runs with `API_KEYS`, every `/api/v1` route but the provider's \
+         webhook needs `Authorization: Bearer <key>`; without one it answers 401.",
     )
 }
 
@@ -70,11 +111,7 @@ pub fn openapi_yaml() -> String {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://localhost/unused")
             .expect("a constant URL parses");
-        service(Arc::new(ApiState {
-            pool,
-            max_concurrent_calls: 0,
-        }))
-        .spec_yaml()
+        service(Arc::new(ApiState::new(&Config::default(), pool))).spec_yaml()
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         return build();
@@ -89,7 +126,7 @@ pub fn openapi_yaml() -> String {
 
 /// The whole HTTP application: API, OpenAPI document, Swagger UI, body limits, error envelope.
 pub fn app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
-    let api = service(state);
+    let api = service(state.clone());
     let spec_json = api.spec_endpoint();
     let spec_yaml = api.spec_endpoint_yaml();
     let docs = api.swagger_ui();
@@ -98,16 +135,22 @@ pub fn app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
         .nest("/docs", docs)
-        .around(limit_body)
+        .around(move |next, req| guard(state.clone(), next, req))
         .catch_all_error(error::render)
         .with(Tracing)
         .into_endpoint()
 }
 
-/// Reads the body up front with a per-route limit, so that an oversized body is a 413
-/// whether or not it declares its length.
-async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
-    let limit = if req.uri().path() == "/api/v1/calls/batch" {
+/// Runs before every route: reads the body up front with a per-route limit (so that an
+/// oversized body is a 413 whether or not it declares its length), checks `API_KEYS`, and
+/// verifies webhook signatures against the exact bytes received.
+async fn guard<E: Endpoint>(
+    state: Arc<ApiState>,
+    next: Arc<E>,
+    mut req: Request,
+) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    let limit = if path == "/api/v1/calls/batch" {
         MAX_BATCH_BODY
     } else {
         MAX_BODY
@@ -118,15 +161,58 @@ async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(poem::Error::from_status(
-            poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-        ));
+        return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
     }
     let body = req
         .take_body()
         .into_bytes_limit(limit)
         .await
         .map_err(poem::Error::from)?;
+    let is_webhook = path == WEBHOOK_PATH;
+    if is_webhook && !state.webhook_verifiers.is_empty() {
+        let verified = state
+            .webhook_verifiers
+            .iter()
+            .any(|verifier| verifier.verify(&body, req.headers()).is_ok());
+        if !verified {
+            return Ok(refuse(
+                "INVALID_SIGNATURE",
+                "the webhook signature is missing, wrong or older than 5 minutes",
+            ));
+        }
+    }
+    if path.starts_with("/api/v1/") && !is_webhook && !state.api_keys.is_empty() {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let allowed = presented.is_some_and(|key| {
+            // Compare digests, in constant time, so the keys leak nothing through timing.
+            let key = Sha256::digest(key.as_bytes());
+            state.api_keys.iter().fold(false, |found, known| {
+                let known = Sha256::digest(known.expose().as_bytes());
+                let diff = key
+                    .iter()
+                    .zip(known.iter())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+                found | (diff == 0)
+            })
+        });
+        if !allowed {
+            return Ok(refuse(
+                "UNAUTHORIZED",
+                "send `Authorization: Bearer <key>` with one of the service's API keys",
+            ));
+        }
+    }
     req.set_body(body);
     next.call(req).await.map(poem::IntoResponse::into_response)
+}
+
+fn refuse(code: &str, message: &str) -> Response {
+    let mut response = error::envelope(code, message, Vec::new()).into_response();
+    response.set_status(StatusCode::UNAUTHORIZED);
+    response
 }

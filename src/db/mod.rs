@@ -1,7 +1,9 @@
 //! PostgreSQL access: one small documented function per query; rows become domain types here.
 
 mod calls;
+mod dispatch;
 mod events;
+mod outcomes;
 
 use std::time::Duration;
 
@@ -14,7 +16,16 @@ pub use calls::{
     CallFilter, CreateOutcome, NewCall, cancel_call, count_by_status, create_call, create_calls,
     get_call, list_calls, update_payload,
 };
+pub use dispatch::{
+    Claimed, claim, expire_overdue, next_due, purge_idempotency_keys, take_abandoned,
+};
 pub use events::list_events;
+pub use outcomes::{
+    ProviderStatus, WebhookEffect, WebhookUpdate, apply_webhook, record_dial_outcome,
+};
+
+/// The channel the dispatchers LISTEN on; see the triggers in the migrations.
+pub const WAKEUP_CHANNEL: &str = "call_orchestrator_wakeup";
 
 /// Database errors the callers tell apart; everything else is `Other` and becomes a 500.
 #[derive(Debug, thiserror::Error)]

@@ -3,12 +3,14 @@
 mod call;
 mod payload;
 mod phone;
+mod retry;
 
 pub use call::{Call, CallEvent, CallStatus, EventKind};
 pub use payload::{
     CallPayload, FieldError, MAX_METADATA_BYTES, MAX_SCRIPT_ID_LEN, ScriptId, merge_patch,
 };
 pub use phone::{PhoneError, PhoneNumber};
+pub use retry::{RetryDecision, RetryPolicy};
 
 /// Decodes a Standard Webhooks secret (`whsec_` followed by base64) into its key bytes.
 pub fn webhook_secret_bytes(secret: &str) -> Result<Vec<u8>, &'static str> {

@@ -3,12 +3,15 @@
 
 #![allow(dead_code)]
 
+pub mod provider;
+
 use std::{sync::Once, time::Duration};
 
 use call_orchestrator::{
     app,
     config::Config,
     pg::{ClusterOptions, PgCluster},
+    worker::{Dispatcher, Sweeper, Worker},
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -57,10 +60,12 @@ impl TestApp {
             port: 0,
             ..Config::default()
         };
-        adjust(&mut config);
-        let pool = app::connect_and_migrate(&config).await.expect("migrate");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        config.webhook_base_url = Some(base.clone());
+        config.ai_call_api_key = Some(call_orchestrator::config::Secret::new("test-provider-key"));
+        adjust(&mut config);
+        let pool = app::connect_and_migrate(&config).await.expect("migrate");
         let shutdown = CancellationToken::new();
         let server = tokio::spawn({
             let config = config.clone();
@@ -80,6 +85,49 @@ impl TestApp {
             server: Some(server),
             cluster,
         }
+    }
+
+    /// The dispatcher's and sweeper's handles, on a pool of their own (as another replica's
+    /// would be).
+    pub async fn worker(&self) -> Worker {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&self.cluster.url("postgres"))
+            .await
+            .unwrap();
+        app::worker(&self.config, pool).unwrap()
+    }
+
+    pub async fn dispatcher(&self) -> Dispatcher {
+        Dispatcher::new(self.worker().await)
+    }
+
+    pub async fn sweeper(&self) -> Sweeper {
+        Sweeper::new(self.worker().await)
+    }
+
+    /// One call as the API shows it (`data`).
+    pub async fn call(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/calls/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].clone()
+    }
+
+    /// The kinds of a call's timeline entries, oldest first.
+    pub async fn timeline(&self, id: &str) -> Vec<String> {
+        let (_, body) = self.get(&format!("/api/v1/calls/{id}/events")).await;
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Sends a webhook as the provider would, and returns the answer.
+    pub async fn webhook(&self, query: &str, body: Value) -> (StatusCode, Value) {
+        self.post(&format!("/api/v1/callbacks/call-status{query}"), body)
+            .await
     }
 
     pub fn url(&self, path: &str) -> String {

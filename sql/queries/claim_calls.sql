@@ -1,0 +1,67 @@
+-- Claims due PENDING calls for dialing, oldest first, at most one per number, never more
+-- than the cap in progress; records each claim as a new DIALING attempt (leased to the
+-- claiming replica for $3 seconds) and a DIALED event.
+--   $1 MAX_CONCURRENT_CALLS   $2 most calls to claim   $3 lease, in seconds
+--
+-- Run only inside a transaction that holds the claim lock (pg_advisory_xact_lock), which
+-- makes the count exact: claims are the only way into IN_PROGRESS, so while one claimer
+-- holds the lock nobody else can add to the count; the lock is released only after the
+-- previous holder's commit is visible, and this statement's snapshot is taken after the
+-- lock was granted, so it sees every earlier claim. Concurrent releases (webhooks, expiry)
+-- can only lower the count, which makes the check err towards admitting fewer, never more.
+WITH capacity AS (
+    SELECT greatest($1 - count(*), 0) AS free
+    FROM calls
+    WHERE status = 'IN_PROGRESS'
+),
+wanted AS (
+    SELECT least($2, free) AS n FROM capacity
+),
+-- The CTE keeps the planner from locking more rows than the LIMIT; SKIP LOCKED passes over
+-- calls a PATCH or cancel is holding. Numbers already in progress are skipped, so a busy
+-- number never stalls the calls queued behind it.
+candidates AS MATERIALIZED (
+    SELECT c.id, c.to_number, c.seq
+    FROM calls c
+    WHERE c.status = 'PENDING'
+      AND c.next_attempt_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM calls busy
+          WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = c.to_number
+      )
+    ORDER BY c.seq
+    LIMIT (SELECT n * 2 FROM wanted)
+    FOR UPDATE OF c SKIP LOCKED
+),
+chosen AS (
+    SELECT id, seq
+    FROM (
+        SELECT DISTINCT ON (to_number) id, seq
+        FROM candidates
+        ORDER BY to_number, seq
+    ) one_per_number
+    ORDER BY seq
+    LIMIT (SELECT n FROM wanted)
+),
+claimed AS (
+    UPDATE calls c
+    SET status = 'IN_PROGRESS',
+        attempts = c.attempts + 1,
+        started_at = now(),
+        next_attempt_at = NULL,
+        external_call_id = NULL,
+        updated_at = now()
+    FROM chosen
+    WHERE c.id = chosen.id
+    RETURNING c.*
+),
+attempts AS (
+    INSERT INTO call_attempts (call_id, attempt, lease_until)
+    SELECT id, attempts, now() + make_interval(secs => $3)
+    FROM claimed
+),
+events AS (
+    INSERT INTO call_events (call_id, attempt, kind)
+    SELECT id, attempts, 'DIALED' FROM claimed
+)
+SELECT * FROM claimed ORDER BY seq

@@ -1,0 +1,199 @@
+//! `POST /api/v1/callbacks/call-status`: the provider reports how an attempt went.
+
+use std::sync::Arc;
+
+use chrono::DateTime;
+use poem_openapi::{Enum, Object, OpenApi, param::Query, payload::Json};
+use uuid::Uuid;
+
+use super::{ApiState, ApiTags, error::ApiError};
+use crate::db::{self, DbError, ProviderStatus, WebhookEffect, WebhookUpdate};
+
+/// A call's status as the provider reports it.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WebhookStatus {
+    Queued,
+    Ringing,
+    InProgress,
+    Completed,
+    Failed,
+    Busy,
+    NoAnswer,
+    Voicemail,
+}
+
+impl From<WebhookStatus> for ProviderStatus {
+    fn from(status: WebhookStatus) -> Self {
+        match status {
+            WebhookStatus::Queued => Self::Queued,
+            WebhookStatus::Ringing => Self::Ringing,
+            WebhookStatus::InProgress => Self::InProgress,
+            WebhookStatus::Completed => Self::Completed,
+            WebhookStatus::Failed => Self::Failed,
+            WebhookStatus::Busy => Self::Busy,
+            WebhookStatus::NoAnswer => Self::NoAnswer,
+            WebhookStatus::Voicemail => Self::Voicemail,
+        }
+    }
+}
+
+/// What the provider reports about one attempt.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct WebhookPayload {
+    /// The provider's id of the attempt, as it answered the dial request.
+    pub call_id: String,
+    pub status: WebhookStatus,
+    /// Length of the call in seconds, for `COMPLETED`.
+    pub duration_sec: Option<i64>,
+    /// When the call ended (RFC 3339).
+    pub completed_at: Option<String>,
+    /// Why the call did not complete, for the failures.
+    pub reason: Option<String>,
+}
+
+/// The webhook was taken.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct WebhookAck {
+    /// True when it repeated a final webhook already applied, and changed nothing.
+    pub duplicate: bool,
+}
+
+/// `{"success": true, "data": {"duplicate": …}}`.
+#[derive(Object, Clone, Debug)]
+pub struct WebhookAckEnvelope {
+    pub success: bool,
+    pub data: WebhookAck,
+}
+
+pub struct WebhooksApi {
+    pub state: Arc<ApiState>,
+}
+
+const MAX_ID_LEN: usize = 255;
+const MAX_REASON_LEN: usize = 2000;
+const MAX_DURATION_SEC: i64 = 7 * 24 * 3600;
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("INVALID_WEBHOOK", message)
+}
+
+/// `{call id}.{attempt}`, as the dispatcher writes it into the webhook URL.
+fn parse_reference(raw: &str) -> Result<(Uuid, i32), ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "INVALID_PARAMETER",
+            "`ref` is not a call reference of this service",
+        )
+    };
+    let (id, attempt) = raw.split_once('.').ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    let attempt: i32 = attempt.parse().map_err(|_| bad())?;
+    if attempt < 1 {
+        return Err(bad());
+    }
+    Ok((id, attempt))
+}
+
+fn validate(
+    body: WebhookPayload,
+    reference: Option<(Uuid, i32)>,
+) -> Result<WebhookUpdate, ApiError> {
+    if body.call_id.is_empty() || body.call_id.len() > MAX_ID_LEN || body.call_id.contains('\0') {
+        return Err(invalid("`callId` must hold 1 to 255 characters"));
+    }
+    let duration_sec = match body.duration_sec {
+        Some(d) if !(0..=MAX_DURATION_SEC).contains(&d) => {
+            return Err(invalid(format!(
+                "`durationSec` must be between 0 and {MAX_DURATION_SEC}"
+            )));
+        }
+        Some(d) => Some(d as i32),
+        None => None,
+    };
+    if let Some(at) = &body.completed_at {
+        DateTime::parse_from_rfc3339(at).map_err(|_| {
+            invalid("`completedAt` must be an RFC 3339 time, e.g. 2025-07-25T10:00:00Z")
+        })?;
+    }
+    let reason = body.reason.as_ref().map(|r| {
+        r.chars()
+            .filter(|c| *c != '\0')
+            .take(MAX_REASON_LEN)
+            .collect::<String>()
+    });
+    let mut echo = serde_json::json!({"callId": body.call_id, "status": ProviderStatus::from(body.status).as_str()});
+    if let Some(d) = duration_sec {
+        echo["durationSec"] = d.into();
+    }
+    if let Some(at) = &body.completed_at {
+        echo["completedAt"] = at.clone().into();
+    }
+    if let Some(r) = &reason {
+        echo["reason"] = r.clone().into();
+    }
+    Ok(WebhookUpdate {
+        provider_call_id: body.call_id,
+        status: body.status.into(),
+        duration_sec,
+        reason,
+        reference,
+        body: echo,
+    })
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Webhooks")]
+impl WebhooksApi {
+    /// Provider webhook: call status
+    ///
+    /// The provider reports the progress and the outcome of one attempt. `QUEUED`,
+    /// `RINGING` and `IN_PROGRESS` are recorded on the timeline; `COMPLETED` completes the
+    /// call; `FAILED`, `BUSY`, `NO_ANSWER` and `VOICEMAIL` fail the attempt (retried with
+    /// backoff while attempts remain). Only the attempt named by `callId` is affected; a
+    /// repeat of a final webhook is answered 200 and changes nothing. With `WEBHOOK_SECRET`
+    /// set, the request must carry a valid Standard Webhooks signature (`webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`), else 401. Not behind `API_KEYS`.
+    #[oai(
+        path = "/callbacks/call-status",
+        method = "post",
+        operation_id = "callStatusWebhook"
+    )]
+    async fn call_status(
+        &self,
+        body: Json<WebhookPayload>,
+        /// The service's own reference to the attempt, part of the webhook URL it handed
+        /// to the provider.
+        #[oai(name = "ref")]
+        reference: Query<Option<String>>,
+    ) -> Result<Json<WebhookAckEnvelope>, ApiError> {
+        let reference = reference.0.as_deref().map(parse_reference).transpose()?;
+        let update = validate(body.0, reference)?;
+        let policy = self.state.policy;
+        let effect = db::apply_webhook(&self.state.pool, &update, |attempt| {
+            policy.after_failure(attempt as u32, None, fastrand::f64())
+        })
+        .await;
+        match effect {
+            Ok(effect) => {
+                tracing::info!(provider_call_id = %update.provider_call_id, status = update.status.as_str(), ?effect, "webhook");
+                Ok(Json(WebhookAckEnvelope {
+                    success: true,
+                    data: WebhookAck {
+                        duplicate: effect == WebhookEffect::Duplicate,
+                    },
+                }))
+            }
+            Err(DbError::NotFound) => Err(ApiError::NotFound(super::error::envelope(
+                "UNKNOWN_CALL_ID",
+                format!(
+                    "no attempt of any call has the provider id `{}`",
+                    update.provider_call_id
+                ),
+                Vec::new(),
+            ))),
+            Err(err) => Err(err.into()),
+        }
+    }
+}

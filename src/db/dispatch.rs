@@ -1,0 +1,305 @@
+//! The queue: claiming calls, recording what the provider answered, and the sweeper's
+//! expiry and rescue. Every writer that touches a call and its attempt locks the call row
+//! first and the attempt row second, so they never deadlock one another.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{
+    DbError,
+    calls::{CallRow, DbStatus},
+};
+use crate::domain::{Call, CallStatus, RetryDecision};
+
+/// Key of the transaction-scoped advisory lock that serialises claims across replicas.
+const CLAIM_LOCK: i64 = 0x6361_6c6c_5f6f_7263; // "call_orc"
+
+/// A call claimed for one attempt.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub call: Call,
+    /// The attempt number to dial, from 1.
+    pub attempt: i32,
+}
+
+/// Claims up to `max` due calls within the cap; see `sql/queries/claim_calls.sql` for why
+/// the count is exact. A claim the one-number-in-progress index refuses is tried again.
+pub async fn claim(
+    pool: &PgPool,
+    cap: u32,
+    max: u32,
+    lease: Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    for _ in 0..3 {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let rows: Result<Vec<CallRow>, sqlx::Error> =
+            sqlx::query_as(include_str!("../../sql/queries/claim_calls.sql"))
+                .bind(i64::from(cap))
+                .bind(i64::from(max))
+                .bind(lease.as_secs_f64())
+                .fetch_all(&mut *tx)
+                .await;
+        match rows {
+            Ok(rows) => {
+                tx.commit().await?;
+                return Ok(rows
+                    .into_iter()
+                    .map(|row| {
+                        let call = Call::from(row);
+                        Claimed {
+                            attempt: call.attempts,
+                            call,
+                        }
+                    })
+                    .collect());
+            }
+            Err(err) if is_unique_violation(&err) => {
+                tracing::warn!(error = %err, "claim refused by the one-call-per-number index; claiming again");
+                tx.rollback().await?;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(Vec::new())
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// When the earliest `PENDING` call falls due, if any is pending.
+pub async fn next_due(pool: &PgPool) -> Result<Option<chrono::DateTime<chrono::Utc>>, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT min(next_attempt_at) FROM calls WHERE status = 'PENDING'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Expires calls in progress for longer than `timeout`; returns their ids.
+pub async fn expire_overdue(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid>, DbError> {
+    Ok(
+        sqlx::query_scalar(include_str!("../../sql/queries/expire_overdue.sql"))
+            .bind(timeout.as_secs_f64())
+            .bind(1000_i64)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Takes over attempts whose dialer's lease ran out; returns them, ready to send again.
+pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claimed>, DbError> {
+    let taken: Vec<(Uuid, i32)> = sqlx::query_as(include_str!(
+        "../../sql/queries/take_abandoned_attempts.sql"
+    ))
+    .bind(lease.as_secs_f64())
+    .bind(100_i64)
+    .fetch_all(pool)
+    .await?;
+    let mut claimed = Vec::with_capacity(taken.len());
+    for (call_id, attempt) in taken {
+        claimed.push(Claimed {
+            call: super::get_call(pool, call_id).await?,
+            attempt,
+        });
+    }
+    Ok(claimed)
+}
+
+/// Forgets Idempotency-Keys older than 24 hours.
+pub async fn purge_idempotency_keys(pool: &PgPool) -> Result<u64, DbError> {
+    Ok(
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// The state of a call and of one of its attempts, locked for the transaction.
+pub(crate) struct Locked {
+    pub call_status: CallStatus,
+    /// The call's current attempt number.
+    pub call_attempts: i32,
+    pub attempt_id: i64,
+    pub attempt_status: String,
+    pub provider_call_id: Option<String>,
+}
+
+impl Locked {
+    /// The attempt is the call's latest one.
+    pub fn is_current(&self, attempt: i32) -> bool {
+        self.call_attempts == attempt
+    }
+
+    pub fn attempt_is_open(&self) -> bool {
+        matches!(self.attempt_status.as_str(), "DIALING" | "ACCEPTED")
+    }
+}
+
+/// Locks a call, then one of its (non-rate-limited) attempts.
+pub(crate) async fn lock(
+    tx: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    attempt: i32,
+) -> Result<Option<Locked>, sqlx::Error> {
+    let call: Option<(DbStatus, i32)> =
+        sqlx::query_as("SELECT status, attempts FROM calls WHERE id = $1 FOR UPDATE")
+            .bind(call_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some((status, attempts)) = call else {
+        return Ok(None);
+    };
+    let row: Option<(i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, status, provider_call_id FROM call_attempts
+         WHERE call_id = $1 AND attempt = $2 AND status <> 'RATE_LIMITED'
+         FOR UPDATE",
+    )
+    .bind(call_id)
+    .bind(attempt)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(
+        row.map(|(attempt_id, attempt_status, provider_call_id)| Locked {
+            call_status: status.into(),
+            call_attempts: attempts,
+            attempt_id,
+            attempt_status,
+            provider_call_id,
+        }),
+    )
+}
+
+pub(crate) async fn event(
+    tx: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    attempt: i32,
+    kind: &str,
+    detail: Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO call_events (call_id, attempt, kind, detail) VALUES ($1, $2, $3, $4)")
+        .bind(call_id)
+        .bind(attempt)
+        .bind(kind)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Ends an attempt with `status` (`COMPLETED`, `FAILED`, `RATE_LIMITED`, `EXPIRED`).
+pub(crate) async fn end_attempt(
+    tx: &mut Transaction<'_, Postgres>,
+    attempt_id: i64,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE call_attempts SET status = $2, error = $3, ended_at = now() WHERE id = $1")
+        .bind(attempt_id)
+        .bind(status)
+        .bind(error)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records the provider's id for an attempt that has none yet.
+pub(crate) async fn set_provider_call_id(
+    tx: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    attempt: i32,
+    locked: &Locked,
+    provider_call_id: &str,
+) -> Result<(), sqlx::Error> {
+    if locked.provider_call_id.is_some() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE call_attempts SET provider_call_id = $2 WHERE id = $1")
+        .bind(locked.attempt_id)
+        .bind(provider_call_id)
+        .execute(&mut **tx)
+        .await?;
+    if locked.is_current(attempt) {
+        sqlx::query(
+            "UPDATE calls SET external_call_id = $2, updated_at = now()
+             WHERE id = $1 AND external_call_id IS NULL",
+        )
+        .bind(call_id)
+        .bind(provider_call_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The call's current attempt failed: back to `PENDING` after `decision`'s delay, or
+/// `FAILED` when no attempts remain. Frees the slot either way.
+pub(crate) async fn fail_current_attempt(
+    tx: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    attempt: i32,
+    reason: &str,
+    decision: RetryDecision,
+) -> Result<(), sqlx::Error> {
+    match decision {
+        RetryDecision::RetryAfter(delay) => {
+            sqlx::query(
+                "UPDATE calls SET status = 'PENDING', last_error = $2,
+                     next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
+                 WHERE id = $1",
+            )
+            .bind(call_id)
+            .bind(reason)
+            .bind(delay.as_secs_f64())
+            .execute(&mut **tx)
+            .await?;
+            event(
+                tx,
+                call_id,
+                attempt,
+                "RETRY_SCHEDULED",
+                json!({"nextAttempt": attempt + 1, "delayMs": delay.as_millis() as u64}),
+            )
+            .await
+        }
+        RetryDecision::GiveUp => {
+            finish(tx, call_id, attempt, CallStatus::Failed, Some(reason), None).await
+        }
+    }
+}
+
+/// Moves a call to a final status (`COMPLETED` or `FAILED`).
+pub(crate) async fn finish(
+    tx: &mut Transaction<'_, Postgres>,
+    call_id: Uuid,
+    attempt: i32,
+    status: CallStatus,
+    reason: Option<&str>,
+    duration_sec: Option<i32>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET status = $2, last_error = COALESCE($3, last_error),
+             duration_sec = COALESCE($4, duration_sec),
+             next_attempt_at = NULL, completed_at = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(call_id)
+    .bind(DbStatus::from(status))
+    .bind(reason)
+    .bind(duration_sec)
+    .execute(&mut **tx)
+    .await?;
+    let detail = match reason {
+        Some(reason) => json!({"reason": reason}),
+        None => json!({"durationSec": duration_sec}),
+    };
+    event(tx, call_id, attempt, status.as_str(), detail).await
+}

@@ -1,0 +1,298 @@
+//! What the provider said, applied to calls: the answer to a dial request, and webhooks.
+//! Each change is fenced by the attempt it belongs to, so a late or repeated answer can
+//! never free a slot twice or move a call that has moved on.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    DbError,
+    dispatch::{end_attempt, event, fail_current_attempt, finish, lock, set_provider_call_id},
+};
+use crate::{
+    domain::{CallStatus, RetryDecision},
+    provider::DialOutcome,
+};
+
+/// Records the provider's answer to attempt `attempt` of `call_id`. `decide` gives the
+/// retry decision for a failed attempt (it is called only when one is needed).
+pub async fn record_dial_outcome(
+    pool: &PgPool,
+    call_id: Uuid,
+    attempt: i32,
+    outcome: &DialOutcome,
+    decide: impl FnOnce(Option<std::time::Duration>) -> RetryDecision,
+    rate_limit_delay: impl FnOnce(Option<std::time::Duration>) -> std::time::Duration,
+) -> Result<(), DbError> {
+    let mut tx = pool.begin().await?;
+    let Some(locked) = lock(&mut tx, call_id, attempt).await? else {
+        return Ok(());
+    };
+    let live = locked.is_current(attempt) && locked.call_status == CallStatus::InProgress;
+    match outcome {
+        DialOutcome::Accepted { provider_call_id } => {
+            if let Some(id) = provider_call_id {
+                set_provider_call_id(&mut tx, call_id, attempt, &locked, id).await?;
+            }
+            if locked.attempt_status == "DIALING" {
+                sqlx::query(
+                    "UPDATE call_attempts SET status = 'ACCEPTED', accepted_at = now() WHERE id = $1",
+                )
+                .bind(locked.attempt_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            event(
+                &mut tx,
+                call_id,
+                attempt,
+                "ACCEPTED",
+                json!({"providerCallId": provider_call_id}),
+            )
+            .await?;
+        }
+        // A webhook got here first and settled the attempt: nothing left to record.
+        _ if locked.attempt_status != "DIALING" => {}
+        DialOutcome::RateLimited { retry_after } => {
+            end_attempt(
+                &mut tx,
+                locked.attempt_id,
+                "RATE_LIMITED",
+                Some("provider answered 429"),
+            )
+            .await?;
+            if live {
+                let delay = rate_limit_delay(*retry_after);
+                // Not an attempt: the same attempt number is dialed again later.
+                sqlx::query(
+                    "UPDATE calls SET status = 'PENDING', attempts = attempts - 1,
+                         last_error = 'rate limited by the provider',
+                         next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(call_id)
+                .bind(delay.as_secs_f64())
+                .execute(&mut *tx)
+                .await?;
+                event(
+                    &mut tx,
+                    call_id,
+                    attempt,
+                    "RATE_LIMITED",
+                    json!({"delayMs": delay.as_millis() as u64}),
+                )
+                .await?;
+            }
+        }
+        DialOutcome::Transient {
+            reason,
+            retry_after,
+        } => {
+            end_attempt(&mut tx, locked.attempt_id, "FAILED", Some(reason)).await?;
+            event(
+                &mut tx,
+                call_id,
+                attempt,
+                "DIAL_FAILED",
+                json!({"reason": reason}),
+            )
+            .await?;
+            if live {
+                fail_current_attempt(&mut tx, call_id, attempt, reason, decide(*retry_after))
+                    .await?;
+            }
+        }
+        DialOutcome::Permanent { reason } => {
+            end_attempt(&mut tx, locked.attempt_id, "FAILED", Some(reason)).await?;
+            event(
+                &mut tx,
+                call_id,
+                attempt,
+                "DIAL_FAILED",
+                json!({"reason": reason}),
+            )
+            .await?;
+            if live {
+                finish(
+                    &mut tx,
+                    call_id,
+                    attempt,
+                    CallStatus::Failed,
+                    Some(reason),
+                    None,
+                )
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A provider status, as webhooks report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Queued,
+    Ringing,
+    InProgress,
+    Completed,
+    Failed,
+    Busy,
+    NoAnswer,
+    Voicemail,
+}
+
+impl ProviderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Ringing => "RINGING",
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Busy => "BUSY",
+            Self::NoAnswer => "NO_ANSWER",
+            Self::Voicemail => "VOICEMAIL",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Ringing | Self::InProgress)
+    }
+}
+
+/// A webhook, validated.
+#[derive(Clone, Debug)]
+pub struct WebhookUpdate {
+    pub provider_call_id: String,
+    pub status: ProviderStatus,
+    pub duration_sec: Option<i32>,
+    pub reason: Option<String>,
+    /// The service's own reference from the webhook URL: the call and attempt it was
+    /// dialed for. Lets a webhook that beats the provider's 202 find its attempt.
+    pub reference: Option<(Uuid, i32)>,
+    /// The body as received, for the timeline.
+    pub body: Value,
+}
+
+/// What a webhook did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookEffect {
+    /// Recorded on the timeline; the call may have moved.
+    Applied,
+    /// A repeat of a final webhook already applied: nothing changed.
+    Duplicate,
+}
+
+/// Applies a webhook to the attempt it names. `NotFound` when no attempt matches.
+/// `decide` gives the retry decision after the failure of the given attempt number.
+pub async fn apply_webhook(
+    pool: &PgPool,
+    update: &WebhookUpdate,
+    decide: impl FnOnce(i32) -> RetryDecision,
+) -> Result<WebhookEffect, DbError> {
+    let mut tx = pool.begin().await?;
+    let by_id: Option<(Uuid, i32)> =
+        sqlx::query_as("SELECT call_id, attempt FROM call_attempts WHERE provider_call_id = $1")
+            .bind(&update.provider_call_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let (call_id, attempt) = match (by_id, update.reference) {
+        (Some(found), _) => found,
+        // Not known by its id (yet): the reference may name an attempt still waiting for
+        // the provider's answer, which then learns its id from this webhook.
+        (None, Some(reference)) => reference,
+        (None, None) => return Err(DbError::NotFound),
+    };
+    let Some(locked) = lock(&mut tx, call_id, attempt).await? else {
+        return Err(DbError::NotFound);
+    };
+    match &locked.provider_call_id {
+        Some(known) if *known != update.provider_call_id => return Err(DbError::NotFound),
+        Some(_) => {}
+        None => {
+            set_provider_call_id(&mut tx, call_id, attempt, &locked, &update.provider_call_id)
+                .await?
+        }
+    }
+    let current = locked.is_current(attempt);
+    let status = update.status;
+    let settled = !locked.attempt_is_open() && locked.attempt_status != "EXPIRED";
+    if status.is_final() && settled && current {
+        // The outcome of this attempt is already recorded: a repeat changes nothing.
+        tx.rollback().await?;
+        return Ok(WebhookEffect::Duplicate);
+    }
+    event(
+        &mut tx,
+        call_id,
+        attempt,
+        "WEBHOOK_RECEIVED",
+        json!({"status": status.as_str(), "body": update.body}),
+    )
+    .await?;
+    if !status.is_final() {
+        if locked.attempt_status == "DIALING" {
+            // The provider clearly holds the call: no need to rescue the attempt.
+            sqlx::query(
+                "UPDATE call_attempts SET status = 'ACCEPTED', accepted_at = now() WHERE id = $1",
+            )
+            .bind(locked.attempt_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        return Ok(WebhookEffect::Applied);
+    }
+    if !(locked.attempt_is_open() || locked.attempt_status == "EXPIRED") {
+        // A late final webhook for an earlier attempt: the timeline is all it changes.
+        tx.commit().await?;
+        return Ok(WebhookEffect::Applied);
+    }
+    let completed = status == ProviderStatus::Completed;
+    let reason = match &update.reason {
+        Some(reason) => format!("{}: {reason}", status.as_str()),
+        None => status.as_str().to_owned(),
+    };
+    end_attempt(
+        &mut tx,
+        locked.attempt_id,
+        if completed { "COMPLETED" } else { "FAILED" },
+        (!completed).then_some(reason.as_str()),
+    )
+    .await?;
+    if current {
+        match (locked.call_status, completed) {
+            (CallStatus::InProgress | CallStatus::Expired, true) => {
+                finish(
+                    &mut tx,
+                    call_id,
+                    attempt,
+                    CallStatus::Completed,
+                    None,
+                    update.duration_sec,
+                )
+                .await?;
+            }
+            (CallStatus::InProgress, false) => {
+                fail_current_attempt(&mut tx, call_id, attempt, &reason, decide(attempt)).await?;
+            }
+            // The real outcome of an expired call: recorded, never retried.
+            (CallStatus::Expired, false) => {
+                finish(
+                    &mut tx,
+                    call_id,
+                    attempt,
+                    CallStatus::Failed,
+                    Some(&reason),
+                    None,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    tx.commit().await?;
+    Ok(WebhookEffect::Applied)
+}

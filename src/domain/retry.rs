@@ -1,0 +1,140 @@
+//! When to dial again: one pure function of the attempt that failed and the provider's hint.
+
+use std::time::Duration;
+
+/// How far a delay may stray from its nominal value, either way, so that calls that failed
+/// together do not all come back at the same instant.
+const JITTER: f64 = 0.1;
+/// The longest a `Retry-After` from the provider is honoured for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `RETRY_BASE_DELAY × 2^(attempt−1)`, capped at `RETRY_MAX_DELAY`, with jitter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Dial attempts per call, the first included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+/// What to do after an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Dial again after this long.
+    RetryAfter(Duration),
+    /// No attempts remain: the call has failed.
+    GiveUp,
+}
+
+impl RetryPolicy {
+    /// After attempt `attempt` (from 1) failed. `hint` is the provider's `Retry-After`, which
+    /// is honoured as a floor; `unit` is a uniform random number in `[0, 1)` for the jitter
+    /// (passed in so that the function stays pure and testable).
+    pub fn after_failure(&self, attempt: u32, hint: Option<Duration>, unit: f64) -> RetryDecision {
+        if attempt >= self.max_attempts {
+            return RetryDecision::GiveUp;
+        }
+        RetryDecision::RetryAfter(self.backoff(attempt, hint, unit))
+    }
+
+    /// The wait after attempt `attempt` failed, whatever the attempts left.
+    pub fn backoff(&self, attempt: u32, hint: Option<Duration>, unit: f64) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(62);
+        let nominal = self
+            .base_delay
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay);
+        let factor = 1.0 - JITTER + 2.0 * JITTER * unit.clamp(0.0, 1.0);
+        let jittered = nominal.mul_f64(factor).min(self.max_delay);
+        match hint {
+            Some(hint) => jittered.max(hint.min(MAX_RETRY_AFTER)),
+            None => jittered,
+        }
+    }
+
+    /// The wait after a 429, which is not an attempt: the provider's `Retry-After` when it
+    /// gave one, else the base delay.
+    pub fn after_rate_limit(&self, hint: Option<Duration>, unit: f64) -> Duration {
+        match hint {
+            Some(hint) => hint.min(MAX_RETRY_AFTER),
+            None => self.backoff(1, None, unit),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_secs(30),
+        max_delay: Duration::from_secs(30 * 60),
+    };
+
+    #[test]
+    fn delays_double_from_the_base() {
+        assert_eq!(POLICY.backoff(1, None, 0.5), Duration::from_secs(30));
+        assert_eq!(POLICY.backoff(2, None, 0.5), Duration::from_secs(60));
+        assert_eq!(POLICY.backoff(3, None, 0.5), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn delays_are_capped() {
+        assert_eq!(POLICY.backoff(7, None, 0.5), Duration::from_secs(30 * 60));
+        assert_eq!(
+            POLICY.backoff(u32::MAX, None, 1.0),
+            Duration::from_secs(30 * 60)
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        assert_eq!(POLICY.backoff(1, None, 0.0), Duration::from_secs(27));
+        assert_eq!(POLICY.backoff(1, None, 1.0), Duration::from_secs(33));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        assert_eq!(
+            POLICY.backoff(1, Some(Duration::from_secs(90)), 0.5),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            POLICY.backoff(2, Some(Duration::from_secs(1)), 0.5),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            POLICY.backoff(1, Some(Duration::from_secs(86_400)), 0.5),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn gives_up_after_the_last_attempt() {
+        assert!(matches!(
+            POLICY.after_failure(1, None, 0.5),
+            RetryDecision::RetryAfter(_)
+        ));
+        assert!(matches!(
+            POLICY.after_failure(2, None, 0.5),
+            RetryDecision::RetryAfter(_)
+        ));
+        assert_eq!(POLICY.after_failure(3, None, 0.5), RetryDecision::GiveUp);
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..POLICY
+        };
+        assert_eq!(once.after_failure(1, None, 0.5), RetryDecision::GiveUp);
+    }
+
+    #[test]
+    fn rate_limits_wait_as_asked() {
+        assert_eq!(
+            POLICY.after_rate_limit(Some(Duration::from_secs(5)), 0.5),
+            Duration::from_secs(5)
+        );
+        assert_eq!(POLICY.after_rate_limit(None, 0.5), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,201 @@
+//! The dispatcher: wakes on LISTEN/NOTIFY (or, as a safety net, on a timer), claims due
+//! calls in one short transaction, and dials each outside any transaction.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::postgres::PgListener;
+use tokio::{sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::{Worker, dial_and_record};
+use crate::db::{self, DbError, WAKEUP_CHANNEL};
+
+/// Most calls claimed in one transaction.
+const CLAIM_BATCH: u32 = 100;
+
+pub struct Dispatcher {
+    worker: Worker,
+}
+
+impl Dispatcher {
+    pub fn new(worker: Worker) -> Self {
+        Self { worker }
+    }
+
+    /// Claims everything claimable now and dials it, waiting for every dial to be recorded.
+    /// Returns how many attempts were dialed. For tests and tools that drive the queue
+    /// step by step.
+    pub async fn run_once(&self) -> Result<usize, DbError> {
+        let mut tasks = JoinSet::new();
+        let mut dialed = 0;
+        loop {
+            let claimed = self.claim().await?;
+            if claimed.is_empty() {
+                break;
+            }
+            dialed += claimed.len();
+            self.spawn_dials(&mut tasks, claimed);
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(dialed)
+    }
+
+    async fn claim(&self) -> Result<Vec<db::Claimed>, DbError> {
+        let settings = &self.worker.settings;
+        let started = std::time::Instant::now();
+        let claimed = db::claim(
+            &self.worker.pool,
+            settings.max_concurrent_calls,
+            CLAIM_BATCH.min(settings.max_concurrent_calls),
+            settings.lease(),
+        )
+        .await?;
+        if !claimed.is_empty() {
+            tracing::debug!(count = claimed.len(), elapsed = ?started.elapsed(), "claimed");
+        }
+        Ok(claimed)
+    }
+
+    fn spawn_dials(&self, tasks: &mut JoinSet<()>, claimed: Vec<db::Claimed>) {
+        for one in claimed {
+            let worker = self.worker.clone();
+            tasks.spawn(async move {
+                dial_and_record(&worker.pool, &worker.provider, &worker.settings, one).await;
+            });
+        }
+    }
+
+    /// Runs until `shutdown`; then stops claiming, lets the provider requests it started
+    /// finish and be recorded, and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let wake = Arc::new(Notify::new());
+        let listening = listen(self.worker.pool.clone(), wake.clone(), shutdown.clone());
+        // The listener wakes us once it is listening, so a notification sent before then
+        // is still followed by a claim.
+        let listener = tokio::spawn(listening.run());
+        let mut tasks = JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            // Claim until nothing more can be claimed (queue empty, cap full, numbers busy).
+            loop {
+                match self.claim().await {
+                    Ok(claimed) if claimed.is_empty() => break,
+                    Ok(claimed) => self.spawn_dials(&mut tasks, claimed),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "claim failed; retrying shortly");
+                        break;
+                    }
+                }
+            }
+            let wait = self.idle_wait().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, "finishing the provider requests in flight");
+        }
+        let drain = self.worker.settings.lease();
+        if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "provider requests still unfinished at shutdown; the sweeper will resend them"
+            );
+        }
+        listener.abort();
+    }
+
+    /// How long to sleep when there is nothing to claim: until the next retry falls due,
+    /// at most the poll interval (the safety net under LISTEN/NOTIFY).
+    async fn idle_wait(&self) -> Duration {
+        let poll = self.worker.settings.poll_interval;
+        match db::next_due(&self.worker.pool).await {
+            Ok(Some(due)) => {
+                let until = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                // Due already but not claimable (cap full, number busy): a slot freeing
+                // up will notify us; until then, only the poll.
+                if until.is_zero() {
+                    poll
+                } else {
+                    until.min(poll) + Duration::from_millis(5)
+                }
+            }
+            _ => poll,
+        }
+    }
+}
+
+struct Listening {
+    pool: sqlx::PgPool,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, shutdown: CancellationToken) -> Listening {
+    Listening {
+        pool,
+        wake,
+        shutdown,
+    }
+}
+
+impl Listening {
+    /// Forwards notifications to `wake`, which coalesces them: a burst of a thousand
+    /// inserts costs one claim round, not a thousand. A lost connection is re-made; since
+    /// notifications sent meanwhile are lost, a reconnection counts as a wake-up too.
+    async fn run(self) {
+        loop {
+            let mut listener = match self.connect().await {
+                Some(listener) => listener,
+                None => return,
+            };
+            loop {
+                let received = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    received = listener.try_recv() => received,
+                };
+                match received {
+                    Ok(Some(_)) => self.wake.notify_one(),
+                    Ok(None) => {
+                        tracing::warn!("LISTEN connection lost; reconnecting");
+                        self.wake.notify_one();
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "LISTEN failed; reconnecting");
+                        self.wake.notify_one();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Option<PgListener> {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(WAKEUP_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                result = attempt => match result {
+                    Ok(listener) => {
+                        // Anything that happened while we were not listening is caught by a claim.
+                        self.wake.notify_one();
+                        return Some(listener);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot LISTEN yet; retrying"),
+                },
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The dispatcher (claim, dial, record) and the sweeper (expire, rescue), safe to run in
+//! every replica at once: they coordinate through the database alone.
+
+mod dispatcher;
+mod sweeper;
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+
+pub use dispatcher::Dispatcher;
+pub use sweeper::{SweepReport, Sweeper};
+
+use crate::{
+    config::Config,
+    db::{self, Claimed},
+    domain::RetryPolicy,
+    provider::{DialOutcome, DialRequest, HttpProvider, RESENDS},
+};
+
+/// The path of the webhook route, appended to `WEBHOOK_BASE_URL`.
+pub const WEBHOOK_PATH: &str = "/api/v1/callbacks/call-status";
+
+/// What the dispatcher and the sweeper need to know.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub max_concurrent_calls: u32,
+    pub policy: RetryPolicy,
+    pub call_timeout: Duration,
+    pub provider_timeout: Duration,
+    pub webhook_base_url: String,
+    /// The safety-net poll; wake-ups normally come by LISTEN/NOTIFY.
+    pub poll_interval: Duration,
+}
+
+impl WorkerSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_concurrent_calls: config.max_concurrent_calls,
+            policy: RetryPolicy {
+                max_attempts: config.max_retry_attempts,
+                base_delay: config.retry_base_delay,
+                max_delay: config.retry_max_delay,
+            },
+            call_timeout: config.call_timeout,
+            provider_timeout: config.provider_timeout,
+            webhook_base_url: config.webhook_base_url.clone().unwrap_or_default(),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+
+    /// How long a replica owns an attempt it is dialing: every send with its time limit,
+    /// the pauses between them, and room to record the answer.
+    pub fn lease(&self) -> Duration {
+        self.provider_timeout * (RESENDS + 1) + Duration::from_secs(30)
+    }
+
+    /// The webhook URL for one attempt, with the service's own reference to it.
+    pub fn webhook_url(&self, claimed: &Claimed) -> String {
+        format!(
+            "{}{WEBHOOK_PATH}?ref={}.{}",
+            self.webhook_base_url.trim_end_matches('/'),
+            claimed.call.id,
+            claimed.attempt
+        )
+    }
+}
+
+/// Dials a claimed attempt and records the answer; shared by the dispatcher and the
+/// sweeper's rescue.
+#[tracing::instrument(skip_all, fields(call_id = %claimed.call.id, attempt = claimed.attempt))]
+pub(crate) async fn dial_and_record(
+    pool: &PgPool,
+    provider: &HttpProvider,
+    settings: &WorkerSettings,
+    claimed: Claimed,
+) {
+    let request = DialRequest {
+        call_id: claimed.call.id,
+        attempt: claimed.attempt,
+        to: claimed.call.payload.to.as_str().to_owned(),
+        script_id: claimed.call.payload.script_id.as_str().to_owned(),
+        metadata: claimed.call.payload.metadata.clone(),
+        webhook_url: settings.webhook_url(&claimed),
+    };
+    let outcome = provider.dial(&request).await;
+    match &outcome {
+        DialOutcome::Accepted { provider_call_id } => {
+            tracing::info!(
+                provider_call_id = provider_call_id.as_deref().unwrap_or(""),
+                "dialed"
+            )
+        }
+        DialOutcome::RateLimited { retry_after } => {
+            tracing::warn!(?retry_after, "provider rate limit; the call waits")
+        }
+        DialOutcome::Transient { reason, .. } => tracing::warn!(%reason, "dial failed"),
+        DialOutcome::Permanent { reason } => tracing::warn!(%reason, "dial refused for good"),
+    }
+    // The database may be restarting: keep trying within the lease. Should it stay out of
+    // reach, the attempt remains DIALING, and once the lease runs out the sweeper of some
+    // replica sends it again with the same Idempotency-Key and records that answer.
+    let deadline = tokio::time::Instant::now() + settings.lease() / 2;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let result = db::record_dial_outcome(
+            pool,
+            claimed.call.id,
+            claimed.attempt,
+            &outcome,
+            |hint| {
+                settings
+                    .policy
+                    .after_failure(claimed.attempt as u32, hint, fastrand::f64())
+            },
+            |hint| settings.policy.after_rate_limit(hint, fastrand::f64()),
+        )
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %err, "recording the dial outcome failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "could not record the dial outcome; the sweeper will resend it");
+                return;
+            }
+        }
+    }
+}
+
+/// Shared handles of the worker processes.
+#[derive(Clone)]
+pub struct Worker {
+    pub pool: PgPool,
+    pub provider: HttpProvider,
+    pub settings: Arc<WorkerSettings>,
+}

@@ -1,0 +1,71 @@
+//! The sweeper: expires calls whose final webhook never came, rescues attempts abandoned by
+//! a replica that died while dialing, and forgets old Idempotency-Keys. Every replica runs
+//! one; `SKIP LOCKED` and leases keep them from doing the same work twice.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Worker, dial_and_record};
+use crate::db::{self, DbError};
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: usize,
+    pub rescued: usize,
+}
+
+pub struct Sweeper {
+    worker: Worker,
+}
+
+impl Sweeper {
+    pub fn new(worker: Worker) -> Self {
+        Self { worker }
+    }
+
+    /// One sweep: expire, then rescue (dialing the rescued attempts before returning).
+    pub async fn run_once(&self) -> Result<SweepReport, DbError> {
+        let worker = &self.worker;
+        let expired = db::expire_overdue(&worker.pool, worker.settings.call_timeout).await?;
+        for id in &expired {
+            tracing::warn!(call_id = %id, "call expired: no final webhook within CALL_TIMEOUT");
+        }
+        let abandoned = db::take_abandoned(&worker.pool, worker.settings.lease()).await?;
+        let rescued = abandoned.len();
+        let dials = abandoned.into_iter().map(|claimed| {
+            tracing::warn!(call_id = %claimed.call.id, attempt = claimed.attempt, "rescuing an abandoned attempt");
+            dial_and_record(&worker.pool, &worker.provider, &worker.settings, claimed)
+        });
+        futures_util::future::join_all(dials).await;
+        Ok(SweepReport {
+            expired: expired.len(),
+            rescued,
+        })
+    }
+
+    /// Sweeps every so often until `shutdown`; a sweep under way is finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let interval = (self.worker.settings.call_timeout / 10)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if let Err(err) = self.run_once().await {
+                tracing::warn!(error = %err, "sweep failed; retrying at the next one");
+            }
+            if last_purge.elapsed() > Duration::from_secs(600) {
+                last_purge = tokio::time::Instant::now();
+                match db::purge_idempotency_keys(&self.worker.pool).await {
+                    Ok(n) if n > 0 => tracing::info!(purged = n, "old Idempotency-Keys forgotten"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "purging Idempotency-Keys failed"),
+                }
+            }
+        }
+    }
+}
