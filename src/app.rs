@@ -126,6 +126,7 @@ impl Roles {
 
 /// The worker's handles, built from the configuration.
 pub fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
+    crate::metrics::handle();
     let settings = WorkerSettings::from_config(config);
     let provider = HttpProvider::new(
         config.ai_call_api_url.as_deref().unwrap_or_default(),

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod metrics;
 pub mod pg;
 pub mod provider;
 pub mod telemetry;

@@ -290,3 +290,36 @@ async fn a_cancelled_call_is_never_dialed() {
     assert_eq!(app.dispatcher().await.run_once().await.unwrap(), 0);
     assert!(provider.received().is_empty());
 }
+
+#[tokio::test]
+async fn prometheus_metrics_are_exposed() {
+    let (_provider, app) = setup().await;
+    let call_id = id(&app.create_call("+14155550100").await);
+    app.dispatcher().await.run_once().await.unwrap();
+    let external = app.call(&call_id).await["externalCallId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.webhook("", json!({"callId": external, "status": "COMPLETED"}))
+        .await;
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    for needle in [
+        "call_orchestrator_calls{status=\"COMPLETED\"}",
+        "call_orchestrator_calls{status=\"PENDING\"}",
+        "call_orchestrator_concurrency_limit 30",
+        "call_orchestrator_provider_requests_total{outcome=\"accepted\"}",
+        "call_orchestrator_webhooks_total{outcome=\"applied\"}",
+        "call_orchestrator_claim_duration_seconds_bucket",
+        "call_orchestrator_dispatch_delay_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}

@@ -372,3 +372,136 @@ async fn a_second_signal_exits_at_once() {
         .unwrap();
     assert_eq!(status.code(), Some(130));
 }
+
+/// Invariant 3: a replica killed with SIGKILL while the provider holds its dial request
+/// loses nothing: another replica rescues the attempt with the same Idempotency-Key once
+/// its lease runs out, and the call ends normally.
+#[tokio::test]
+async fn a_replica_killed_mid_dial_loses_nothing() {
+    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let provider = FakeProvider::start().await;
+    provider.script([Reply::AcceptAfter(Duration::from_secs(2))]);
+    let port = free_port();
+    let mut doomed = Command::new(BIN);
+    doomed
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", cluster.url("postgres"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("AI_CALL_API_URL", &provider.url)
+        .env("AI_CALL_API_KEY", "k")
+        .env("WEBHOOK_BASE_URL", format!("http://127.0.0.1:{port}"))
+        .env("PROVIDER_TIMEOUT", "1s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = doomed.spawn().unwrap();
+    let id = create_call(port).await;
+    wait_for("the dial", Duration::from_secs(20), async || {
+        !provider.received().is_empty()
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // A second replica, on another port; the lease of the dead one's attempt runs out.
+    let second_port = free_port();
+    let mut survivor = doomed;
+    survivor.env("PORT", second_port.to_string()).env(
+        "WEBHOOK_BASE_URL",
+        format!("http://127.0.0.1:{second_port}"),
+    );
+    let mut second = survivor.spawn().unwrap();
+    wait_for("the rescue", Duration::from_secs(60), async || {
+        provider.with_stats(|s| s.repeats) >= 1
+    })
+    .await;
+    let pool = sqlx::PgPool::connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    wait_for(
+        "the rescue to be recorded",
+        Duration::from_secs(20),
+        async || {
+            let external: Option<String> =
+                sqlx::query_scalar("SELECT external_call_id FROM calls WHERE id = $1::uuid")
+                    .bind(&id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            external.is_some()
+        },
+    )
+    .await;
+    provider
+        .send_webhook(
+            &format!("http://127.0.0.1:{second_port}/api/v1/callbacks/call-status"),
+            &json!({"callId": "p-1", "status": "COMPLETED"}),
+        )
+        .await;
+    let status: String = sqlx::query_scalar("SELECT status::text FROM calls WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "COMPLETED");
+    assert_eq!(
+        provider.with_stats(|s| s.placed.len()),
+        1,
+        "one person, one call"
+    );
+    signal(&second, nix::sys::signal::Signal::SIGTERM);
+    tokio::task::spawn_blocking(move || second.wait().unwrap())
+        .await
+        .unwrap();
+}
+
+/// Invariant 3 again: PostgreSQL restarting in the middle of a campaign loses no call.
+#[tokio::test]
+async fn a_postgres_restart_loses_nothing() {
+    let provider = FakeProvider::start_with(Some(AutoEnd {
+        min: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        success_rate: 1.0,
+    }))
+    .await;
+    let url = provider.url.clone();
+    let mut app = TestApp::spawn_with(|c| {
+        c.ai_call_api_url = Some(url);
+        c.max_concurrent_calls = 5;
+        c.retry_base_delay = Duration::from_millis(50);
+    })
+    .await;
+    let calls: Vec<Value> = (0..60)
+        .map(|i| json!({"to": format!("+1415555{i:04}"), "scriptId": "s"}))
+        .collect();
+    app.post("/api/v1/calls/batch", json!({"calls": calls}))
+        .await;
+    let shutdown = CancellationToken::new();
+    let worker = app.worker().await;
+    let dispatcher = tokio::spawn(
+        call_orchestrator::worker::Dispatcher::new(worker.clone()).run(shutdown.clone()),
+    );
+    let sweeper =
+        tokio::spawn(call_orchestrator::worker::Sweeper::new(worker).run(shutdown.clone()));
+    wait_for("dialing to start", Duration::from_secs(20), async || {
+        provider.received().len() >= 10
+    })
+    .await;
+    app.cluster.restart().await.unwrap();
+    wait_for("every call to end", Duration::from_secs(120), async || {
+        let (status, metrics) = app.get("/api/v1/metrics").await;
+        status.is_success() && metrics["data"]["COMPLETED"] == 60
+    })
+    .await;
+    shutdown.cancel();
+    dispatcher.await.unwrap();
+    sweeper.await.unwrap();
+    let (peak, per_number) = provider.with_stats(|s| (s.peak_active, s.peak_per_number));
+    assert!(
+        peak <= 5 && per_number == 1,
+        "peak {peak}, per number {per_number}"
+    );
+    app.stop().await;
+}

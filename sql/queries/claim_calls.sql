@@ -1,6 +1,7 @@
 -- Claims due PENDING calls for dialing, oldest first, at most one per number, never more
 -- than the cap in progress; records each claim as a new DIALING attempt (leased to the
--- claiming replica for $3 seconds) and a DIALED event.
+-- claiming replica for $3 seconds) and a DIALED event. Returns the claimed rows, with
+-- when each fell due (`due_at`).
 --   $1 MAX_CONCURRENT_CALLS   $2 most calls to claim   $3 lease, in seconds
 --
 -- Run only inside a transaction that holds the claim lock (pg_advisory_xact_lock), which
@@ -21,7 +22,7 @@ wanted AS (
 -- calls a PATCH or cancel is holding. Numbers already in progress are skipped, so a busy
 -- number never stalls the calls queued behind it.
 candidates AS MATERIALIZED (
-    SELECT c.id, c.to_number, c.seq
+    SELECT c.id, c.to_number, c.seq, c.next_attempt_at
     FROM calls c
     WHERE c.status = 'PENDING'
       AND c.next_attempt_at <= now()
@@ -34,9 +35,9 @@ candidates AS MATERIALIZED (
     FOR UPDATE OF c SKIP LOCKED
 ),
 chosen AS (
-    SELECT id, seq
+    SELECT id, seq, next_attempt_at AS due_at
     FROM (
-        SELECT DISTINCT ON (to_number) id, seq
+        SELECT DISTINCT ON (to_number) id, seq, next_attempt_at
         FROM candidates
         ORDER BY to_number, seq
     ) one_per_number
@@ -64,4 +65,6 @@ events AS (
     INSERT INTO call_events (call_id, attempt, kind)
     SELECT id, attempts, 'DIALED' FROM claimed
 )
-SELECT * FROM claimed ORDER BY seq
+SELECT claimed.*, chosen.due_at
+FROM claimed JOIN chosen USING (id)
+ORDER BY claimed.seq

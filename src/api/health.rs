@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use poem_openapi::{ApiResponse, OpenApi, payload::Json};
+use poem_openapi::{
+    ApiResponse, OpenApi,
+    payload::{Json, PlainText},
+};
 
 use super::{ApiState, ApiTags, HEALTH_TIMEOUT, models::Health};
 use crate::db;
@@ -38,5 +41,20 @@ impl HealthApi {
                 status: "unavailable".into(),
             }))
         }
+    }
+
+    /// Prometheus metrics
+    ///
+    /// The text exposition format: calls by status (`call_orchestrator_calls`), the cap,
+    /// claim duration, how long due calls waited for a slot, provider requests by outcome
+    /// and their duration, webhooks by outcome, failed attempts by fate, expiries and
+    /// rescues. Counters are this replica's own; the call counts are the database's.
+    #[oai(path = "/metrics", method = "get", operation_id = "prometheusMetrics")]
+    async fn prometheus(&self) -> PlainText<String> {
+        let counts = db::count_by_status(&self.state.pool).await.ok();
+        PlainText(crate::metrics::render(
+            counts.as_deref(),
+            self.state.max_concurrent_calls,
+        ))
     }
 }

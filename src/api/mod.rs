@@ -48,6 +48,7 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(config: &Config, pool: PgPool) -> Self {
+        crate::metrics::handle();
         let settings = WorkerSettings::from_config(config);
         Self {
             pool,
@@ -175,6 +176,7 @@ async fn guard<E: Endpoint>(
             .iter()
             .any(|verifier| verifier.verify(&body, req.headers()).is_ok());
         if !verified {
+            crate::metrics::webhook("bad_signature");
             return Ok(refuse(
                 "INVALID_SIGNATURE",
                 "the webhook signature is missing, wrong or older than 5 minutes",

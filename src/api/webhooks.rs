@@ -81,7 +81,11 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// `{call id}.{attempt}`, as the dispatcher writes it into the webhook URL.
-fn parse_reference(raw: &str) -> Result<(Uuid, i32), ApiError> {
+fn parse_reference(raw: Option<&str>) -> Result<Option<(Uuid, i32)>, ApiError> {
+    raw.map(parse_one_reference).transpose()
+}
+
+fn parse_one_reference(raw: &str) -> Result<(Uuid, i32), ApiError> {
     let bad = || {
         ApiError::bad_request(
             "INVALID_PARAMETER",
@@ -168,13 +172,22 @@ impl WebhooksApi {
         #[oai(name = "ref")]
         reference: Query<Option<String>>,
     ) -> Result<Json<WebhookAckEnvelope>, ApiError> {
-        let reference = reference.0.as_deref().map(parse_reference).transpose()?;
-        let update = validate(body.0, reference)?;
+        let update = parse_reference(reference.0.as_deref())
+            .and_then(|reference| validate(body.0, reference))
+            .inspect_err(|_| crate::metrics::webhook("invalid"))?;
         let policy = self.state.policy;
         let effect = db::apply_webhook(&self.state.pool, &update, |attempt| {
-            policy.after_failure(attempt as u32, None, fastrand::f64())
+            let decision = policy.after_failure(attempt as u32, None, fastrand::f64());
+            crate::metrics::retry_decided(decision);
+            decision
         })
         .await;
+        crate::metrics::webhook(match &effect {
+            Ok(WebhookEffect::Applied) => "applied",
+            Ok(WebhookEffect::Duplicate) => "duplicate",
+            Err(DbError::NotFound) => "unknown_call",
+            Err(_) => "error",
+        });
         match effect {
             Ok(effect) => {
                 tracing::info!(provider_call_id = %update.provider_call_id, status = update.status.as_str(), ?effect, "webhook");

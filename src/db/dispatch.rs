@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -23,6 +24,15 @@ pub struct Claimed {
     pub call: Call,
     /// The attempt number to dial, from 1.
     pub attempt: i32,
+    /// When the call fell due, for a fresh claim (not for a rescue).
+    pub due_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    call: CallRow,
+    due_at: DateTime<Utc>,
 }
 
 /// Claims up to `max` due calls within the cap; see `sql/queries/claim_calls.sql` for why
@@ -39,7 +49,7 @@ pub async fn claim(
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await?;
-        let rows: Result<Vec<CallRow>, sqlx::Error> =
+        let rows: Result<Vec<ClaimedRow>, sqlx::Error> =
             sqlx::query_as(include_str!("../../sql/queries/claim_calls.sql"))
                 .bind(i64::from(cap))
                 .bind(i64::from(max))
@@ -52,10 +62,11 @@ pub async fn claim(
                 return Ok(rows
                     .into_iter()
                     .map(|row| {
-                        let call = Call::from(row);
+                        let call = Call::from(row.call);
                         Claimed {
                             attempt: call.attempts,
                             call,
+                            due_at: Some(row.due_at),
                         }
                     })
                     .collect());
@@ -108,6 +119,7 @@ pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claime
         claimed.push(Claimed {
             call: super::get_call(pool, call_id).await?,
             attempt,
+            due_at: None,
         });
     }
     Ok(claimed)

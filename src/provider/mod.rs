@@ -67,6 +67,18 @@ pub enum DialOutcome {
     Permanent { reason: String },
 }
 
+impl DialOutcome {
+    /// A short name for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } => "accepted",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Transient { .. } => "transient",
+            Self::Permanent { .. } => "permanent",
+        }
+    }
+}
+
 /// One send, before resends: `Unknown` means the request may have reached the provider.
 enum Sent {
     Known(DialOutcome),

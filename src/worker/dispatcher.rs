@@ -50,6 +50,13 @@ impl Dispatcher {
             settings.lease(),
         )
         .await?;
+        crate::metrics::claimed(started.elapsed(), claimed.len());
+        let now = chrono::Utc::now();
+        for one in &claimed {
+            if let Some(due) = one.due_at {
+                crate::metrics::dispatch_delay((now - due).to_std().unwrap_or_default());
+            }
+        }
         if !claimed.is_empty() {
             tracing::debug!(count = claimed.len(), elapsed = ?started.elapsed(), "claimed");
         }

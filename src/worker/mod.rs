@@ -50,9 +50,11 @@ impl WorkerSettings {
     }
 
     /// How long a replica owns an attempt it is dialing: every send with its time limit,
-    /// the pauses between them, and room to record the answer.
+    /// the pauses between them, and room to record the answer. Should a slow recording
+    /// outlast it, the rescuer's resend carries the same Idempotency-Key and both records
+    /// are fenced by the attempt, so the overlap is harmless.
     pub fn lease(&self) -> Duration {
-        self.provider_timeout * (RESENDS + 1) + Duration::from_secs(30)
+        self.provider_timeout * (RESENDS + 1) + Duration::from_secs(5)
     }
 
     /// The webhook URL for one attempt, with the service's own reference to it.
@@ -83,7 +85,9 @@ pub(crate) async fn dial_and_record(
         metadata: claimed.call.payload.metadata.clone(),
         webhook_url: settings.webhook_url(&claimed),
     };
+    let started = std::time::Instant::now();
     let outcome = provider.dial(&request).await;
+    crate::metrics::provider_request(outcome.label(), started.elapsed());
     match &outcome {
         DialOutcome::Accepted { provider_call_id } => {
             tracing::info!(
@@ -109,9 +113,12 @@ pub(crate) async fn dial_and_record(
             claimed.attempt,
             &outcome,
             |hint| {
-                settings
-                    .policy
-                    .after_failure(claimed.attempt as u32, hint, fastrand::f64())
+                let decision =
+                    settings
+                        .policy
+                        .after_failure(claimed.attempt as u32, hint, fastrand::f64());
+                crate::metrics::retry_decided(decision);
+                decision
             },
             |hint| settings.policy.after_rate_limit(hint, fastrand::f64()),
         )

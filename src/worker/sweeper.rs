@@ -32,8 +32,10 @@ impl Sweeper {
         for id in &expired {
             tracing::warn!(call_id = %id, "call expired: no final webhook within CALL_TIMEOUT");
         }
+        crate::metrics::expired(expired.len());
         let abandoned = db::take_abandoned(&worker.pool, worker.settings.lease()).await?;
         let rescued = abandoned.len();
+        crate::metrics::rescued(rescued);
         let dials = abandoned.into_iter().map(|claimed| {
             tracing::warn!(call_id = %claimed.call.id, attempt = claimed.attempt, "rescuing an abandoned attempt");
             dial_and_record(&worker.pool, &worker.provider, &worker.settings, claimed)

@@ -1,0 +1,87 @@
+//! Prometheus metrics: every name in one place, recorded through the `metrics` facade and
+//! rendered by `GET /metrics`.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::{CallStatus, RetryDecision};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Buckets for latencies, from a millisecond to a minute.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Only one recorder per process; a second installation (tests) is harmless.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// The Prometheus text exposition, with the status gauges set from `counts`.
+pub fn render(counts: Option<&[(CallStatus, i64)]>, limit: u32) -> String {
+    let handle = handle();
+    if let Some(counts) = counts {
+        for status in CallStatus::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| *n);
+            gauge!("call_orchestrator_calls", "status" => status.as_str()).set(n as f64);
+        }
+    }
+    gauge!("call_orchestrator_concurrency_limit").set(f64::from(limit));
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// One claim transaction.
+pub fn claimed(duration: Duration, calls: usize) {
+    histogram!("call_orchestrator_claim_duration_seconds").record(duration.as_secs_f64());
+    counter!("call_orchestrator_claimed_total").increment(calls as u64);
+}
+
+/// One dial request (resends included) and its outcome class.
+pub fn provider_request(outcome: &'static str, duration: Duration) {
+    counter!("call_orchestrator_provider_requests_total", "outcome" => outcome).increment(1);
+    histogram!("call_orchestrator_provider_request_duration_seconds")
+        .record(duration.as_secs_f64());
+}
+
+/// One webhook and what it came to.
+pub fn webhook(outcome: &'static str) {
+    counter!("call_orchestrator_webhooks_total", "outcome" => outcome).increment(1);
+}
+
+/// How long a due call waited for its claim.
+pub fn dispatch_delay(delay: Duration) {
+    histogram!("call_orchestrator_dispatch_delay_seconds").record(delay.as_secs_f64());
+}
+
+pub fn expired(calls: usize) {
+    counter!("call_orchestrator_calls_expired_total").increment(calls as u64);
+}
+
+pub fn rescued(attempts: usize) {
+    counter!("call_orchestrator_attempts_rescued_total").increment(attempts as u64);
+}
+
+/// A failed attempt's fate: retried later, or the call failed.
+pub fn retry_decided(decision: RetryDecision) {
+    let outcome = match decision {
+        RetryDecision::RetryAfter(_) => "retry_scheduled",
+        RetryDecision::GiveUp => "attempts_exhausted",
+    };
+    counter!("call_orchestrator_failed_attempts_total", "outcome" => outcome).increment(1);
+}
