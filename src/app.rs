@@ -149,14 +149,33 @@ pub fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
 pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let pool = connect_and_migrate(&config).await?;
+    let listener = if roles.api {
+        Some(bind(&config).await?)
+    } else {
+        None
+    };
+    let result = run_parts(&config, roles, pool.clone(), listener, shutdown).await;
+    pool.close().await;
+    tracing::info!("stopped");
+    result
+}
+
+/// Runs the chosen parts on an open pool (and, for the API, a bound listener) until
+/// `shutdown` is cancelled or one part fails, which then stops the others.
+pub async fn run_parts(
+    config: &Config,
+    roles: Roles,
+    pool: PgPool,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    if roles.api {
-        let listener = bind(&config).await?;
+    if let Some(listener) = listener.filter(|_| roles.api) {
         let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
         parts.spawn(async move { serve_api(&config, pool, listener, shutdown).await });
     }
     if roles.worker {
-        let worker = worker(&config, pool.clone())?;
+        let worker = worker(config, pool.clone())?;
         tracing::info!(
             cap = config.max_concurrent_calls,
             provider = config.ai_call_api_url.as_deref().unwrap_or_default(),
@@ -184,7 +203,5 @@ pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
             failure.get_or_insert(err);
         }
     }
-    pool.close().await;
-    tracing::info!("stopped");
     failure.map_or(Ok(()), Err)
 }

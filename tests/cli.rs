@@ -54,6 +54,26 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
     }
 }
 
+#[test]
+fn serve_and_worker_need_the_provider_settings() {
+    for command_name in ["serve", "worker"] {
+        assert_config_error(&mut command(&[command_name]), "AI_CALL_API_URL");
+        assert_config_error(
+            command(&[command_name])
+                .env("AI_CALL_API_URL", "http://127.0.0.1:4000/v1/calls")
+                .env("AI_CALL_API_KEY", "k"),
+            "WEBHOOK_BASE_URL",
+        );
+    }
+}
+
+#[test]
+fn healthcheck_fails_without_a_service() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let output = command(&["healthcheck", "--url", &format!("http://127.0.0.1:{port}")]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
+
 #[tokio::test]
 async fn configuration_file_is_read_and_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,6 +190,9 @@ async fn api_serves_and_stops_cleanly_on_sigterm() {
         assert!(Instant::now() < deadline, "the API did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The container health check agrees.
+    let check = command(&["healthcheck"]).env("PORT", port.to_string()).output().unwrap();
+    assert!(check.status.success());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -58,9 +58,27 @@ pub struct ClusterOptions {
     pub durable: bool,
 }
 
-/// A running cluster; stopped and deleted on drop.
+/// Where a cluster keeps its files.
+enum Folder {
+    /// Deleted with the cluster.
+    Temporary(tempfile::TempDir),
+    /// Kept for the next run.
+    Kept(PathBuf),
+}
+
+impl Folder {
+    fn path(&self) -> &Path {
+        match self {
+            Folder::Temporary(dir) => dir.path(),
+            Folder::Kept(path) => path,
+        }
+    }
+}
+
+/// A running cluster; stopped on drop, and deleted with it unless it lives in a folder of
+/// the caller's ([`PgCluster::start_in`]).
 pub struct PgCluster {
-    root: tempfile::TempDir,
+    root: Folder,
     bin_dir: PathBuf,
     owner: Option<(Uid, Gid)>,
     port: u16,
@@ -71,24 +89,45 @@ pub struct PgCluster {
 impl PgCluster {
     /// Starts a fresh cluster on a free loopback port and waits until it accepts connections.
     pub async fn start(options: ClusterOptions) -> Result<Self, PgError> {
-        let bin_dir = find_bin_dir().ok_or(PgError::NotInstalled)?;
-        let owner = unprivileged_owner()?;
-        let template = template(&bin_dir, owner)?;
         let root = tempfile::Builder::new()
             .prefix("call-orchestrator-pg-")
             .tempdir()
             .map_err(io("creating the cluster folder"))?;
+        Self::start_at(Folder::Temporary(root), options).await
+    }
+
+    /// Starts the cluster kept in `dir`, creating it there on first use; the folder (and
+    /// its data) outlives the cluster, for the next run to reuse.
+    pub async fn start_in(dir: &Path, options: ClusterOptions) -> Result<Self, PgError> {
+        fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(io(format!("opening {}", dir.display())))?;
+        Self::start_at(Folder::Kept(dir), options).await
+    }
+
+    /// True when `dir` already holds a cluster that [`PgCluster::start_in`] would reuse.
+    pub fn exists_in(dir: &Path) -> bool {
+        dir.join("data").join("PG_VERSION").is_file()
+    }
+
+    async fn start_at(root: Folder, options: ClusterOptions) -> Result<Self, PgError> {
+        let bin_dir = find_bin_dir().ok_or(PgError::NotInstalled)?;
+        let owner = unprivileged_owner()?;
         give_to(root.path(), owner)?;
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(template.join("data"))
-            .arg(root.path().join("data"))
-            .status()
-            .map_err(io("copying the template cluster"))?;
-        if !status.success() {
-            return Err(PgError::Failed(format!(
-                "copying the template cluster failed ({status})"
-            )));
+        if !Self::exists_in(root.path()) {
+            let template = template(&bin_dir, owner)?;
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(template.join("data"))
+                .arg(root.path().join("data"))
+                .status()
+                .map_err(io("copying the template cluster"))?;
+            if !status.success() {
+                return Err(PgError::Failed(format!(
+                    "copying the template cluster failed ({status})"
+                )));
+            }
         }
         let mut cluster = Self {
             root,
@@ -105,6 +144,11 @@ impl PgCluster {
     /// The loopback port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The folder holding the data folder and the server's log.
+    pub fn folder(&self) -> &Path {
+        self.root.path()
     }
 
     /// The data folder.
@@ -235,8 +279,12 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // The data goes with the folder: no need for a clean shutdown.
-            stop_child(&mut child, Signal::SIGQUIT, Duration::from_secs(10));
+            let signal = match self.root {
+                // The data goes with the folder: no need for a clean shutdown.
+                Folder::Temporary(_) => Signal::SIGQUIT,
+                Folder::Kept(_) => Signal::SIGINT,
+            };
+            stop_child(&mut child, signal, Duration::from_secs(20));
         }
     }
 }
@@ -301,9 +349,14 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// The folder holding `initdb` and `postgres`: PATH first, then the usual install folders.
+/// The folder holding `initdb` and `postgres`: `PG_BIN_DIR` when set (and only it), else
+/// PATH first, then the usual install folders.
 pub fn find_bin_dir() -> Option<PathBuf> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        return has_both(&dir).then_some(dir);
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if has_both(&dir) {
