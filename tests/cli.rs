@@ -69,8 +69,14 @@ fn serve_and_worker_need_the_provider_settings() {
 
 #[test]
 fn healthcheck_fails_without_a_service() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let output = command(&["healthcheck", "--url", &format!("http://127.0.0.1:{port}")]).output().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = command(&["healthcheck", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
 }
 
@@ -191,7 +197,10 @@ async fn api_serves_and_stops_cleanly_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The container health check agrees.
-    let check = command(&["healthcheck"]).env("PORT", port.to_string()).output().unwrap();
+    let check = command(&["healthcheck"])
+        .env("PORT", port.to_string())
+        .output()
+        .unwrap();
     assert!(check.status.success());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
