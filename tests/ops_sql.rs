@@ -1,0 +1,119 @@
+//! The operator's queries in `sql/ops/`, each run through psql against a populated database.
+
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{TestApp, provider::FakeProvider};
+use serde_json::{Value, json};
+
+fn psql(app: &TestApp, file: &str, vars: &[(&str, &str)]) -> String {
+    let bin = call_orchestrator::pg::find_bin_dir()
+        .map(|dir| dir.join("psql"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "psql".into());
+    let mut command = Command::new(bin);
+    command
+        .arg(app.cluster.url("postgres"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(format!("{}/sql/ops/{file}", env!("CARGO_MANIFEST_DIR")));
+    for (name, value) in vars {
+        command.arg("-v").arg(format!("{name}={value}"));
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn id(call: &Value) -> String {
+    call["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn every_operator_query_runs_and_explains_the_queue() {
+    let provider = FakeProvider::start().await;
+    let url = provider.url.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.ai_call_api_url = Some(url);
+        c.max_concurrent_calls = 2;
+        c.retry_base_delay = Duration::from_secs(600);
+    })
+    .await;
+    // Two calls in progress (the cap), one of them to a number with another call queued.
+    let busy_a = id(&app.create_call("+14155550001").await);
+    let busy_b = id(&app.create_call("+14155550002").await);
+    app.dispatcher().await.run_once().await.unwrap();
+    let same_number = id(&app.create_call("+14155550001").await);
+    let capped = id(&app.create_call("+14155550003").await);
+    // One that failed once and waits out its backoff; one completed.
+    let external_b = app.call(&busy_b).await["externalCallId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.webhook("", json!({"callId": external_b, "status": "BUSY"}))
+        .await;
+    let (_, _) = app.get("/health").await;
+    let done = id(&app.create_call("+14155550009").await);
+    sqlx::query(
+        "UPDATE calls SET status = 'COMPLETED', completed_at = now(), next_attempt_at = NULL WHERE id = $1::uuid",
+    )
+    .bind(&done)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Fill the freed slot again so that the cap is full.
+    let third = id(&app.create_call("+14155550004").await);
+    sqlx::query(
+        "UPDATE calls SET status = 'IN_PROGRESS', attempts = 1, started_at = now(), next_attempt_at = NULL WHERE id = $1::uuid",
+    )
+    .bind(&third)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let depth = psql(&app, "queue_depth.sql", &[]);
+    assert!(
+        depth.contains("PENDING") && depth.contains("IN_PROGRESS") && depth.contains("COMPLETED"),
+        "{depth}"
+    );
+    let in_flight = psql(&app, "in_flight.sql", &[]);
+    assert!(
+        in_flight.contains(&busy_a) && in_flight.contains("ACCEPTED"),
+        "{in_flight}"
+    );
+    let due = psql(&app, "due_next.sql", &[]);
+    assert!(due.contains(&same_number) && due.contains(&capped), "{due}");
+    let throughput = psql(&app, "throughput.sql", &[]);
+    assert!(throughput.contains("(1 row)"), "{throughput}");
+
+    let why = |call: &str| psql(&app, "why_waiting.sql", &[("call_id", call), ("cap", "2")]);
+    assert!(why(&busy_b).contains("backoff: due in"), "{}", why(&busy_b));
+    assert!(
+        why(&same_number).contains("number busy"),
+        "{}",
+        why(&same_number)
+    );
+    assert!(
+        why(&capped).contains("cap full: 2 of 2"),
+        "{}",
+        why(&capped)
+    );
+    assert!(why(&busy_a).contains("not waiting: IN_PROGRESS"));
+    let roomy = psql(
+        &app,
+        "why_waiting.sql",
+        &[("call_id", &capped), ("cap", "30")],
+    );
+    assert!(roomy.contains("claimable now"), "{roomy}");
+
+    let history = psql(&app, "retry_history.sql", &[("call_id", &busy_b)]);
+    assert!(
+        history.contains("FAILED") && history.contains("RETRY_SCHEDULED"),
+        "{history}"
+    );
+}
