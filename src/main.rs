@@ -8,6 +8,7 @@ use call_orchestrator::{
     api, app,
     config::{Config, LogFormat, Needs},
     demo::{self, DemoArgs},
+    import::ImportArgs,
     sim::{SimConfig, Simulator},
     telemetry,
 };
@@ -41,6 +42,9 @@ enum Command {
     Demo(DemoArgs),
     /// The provider simulator alone, for development, load tests and demos.
     ProviderSim(SimConfig),
+    /// Send a campaign from a CSV (to, scriptId, metadata.*) through the batch route of a
+    /// running service; exit status 1 when any row was rejected.
+    Import(ImportArgs),
     /// Exit 0 when the service at --url is healthy, else 1 (for container health checks).
     Healthcheck {
         /// The service's base URL (default: http://127.0.0.1:$PORT).
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => return run_demo(args),
         Command::ProviderSim(config) => return run_simulator(config),
         Command::Healthcheck { url } => return healthcheck(url),
+        Command::Import(args) => return run_import(args),
         Command::Serve | Command::Worker => Needs::Provider,
         Command::Api | Command::Migrate => Needs::Database,
     };
@@ -139,6 +144,18 @@ fn run_simulator(config: SimConfig) -> ExitCode {
         simulator.stop();
         Ok(())
     }))
+}
+
+fn run_import(args: ImportArgs) -> ExitCode {
+    let _guards = quiet_logs("error");
+    match runtime().block_on(call_orchestrator::import::run(args)) {
+        Ok(report) if report.rejected.is_empty() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn healthcheck(url: Option<String>) -> ExitCode {

@@ -217,3 +217,82 @@ async fn api_serves_and_stops_cleanly_on_sigterm() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn json_logs_name_the_call_and_log_dir_keeps_files() {
+    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = command(&["api"])
+        .env("DATABASE_URL", cluster.url("postgres"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("LOG_FORMAT", "json")
+        .env("LOG_DIR", logs.path())
+        .env("API_KEYS", "topsecret-key")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/api/v1/calls"))
+            .bearer_auth("topsecret-key")
+            .json(&serde_json::json!({"to": "+14155550100", "scriptId": "s"}))
+            .send()
+            .await;
+        if let Ok(response) = response {
+            let body: serde_json::Value = response.json().await.unwrap();
+            break body["data"]["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the API did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["call_id"] == id.as_str() && l["message"] == "call created"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("topsecret-key"),
+        "a secret reached the logs"
+    );
+    let files: Vec<String> = std::fs::read_dir(logs.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.starts_with("combined.log")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("error.log")),
+        "{files:?}"
+    );
+    let combined = files
+        .iter()
+        .find(|f| f.starts_with("combined.log"))
+        .unwrap();
+    let text = std::fs::read_to_string(logs.path().join(combined)).unwrap();
+    assert!(text.contains(&id), "{text}");
+}

@@ -1,0 +1,207 @@
+//! `call-orchestrator import FILE.csv`: a campaign from a CSV file, sent through the batch
+//! route of a running service, with a progress bar and a per-row report.
+//!
+//! Columns: `to`, `scriptId`, and any number of `metadata.<key>` (text values; empty cells
+//! are left out). Rows are checked here first with the service's own rules; the valid ones
+//! are sent in batches of up to 1000 and created in file order, the others reported.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value, json};
+
+use crate::{api::MAX_BATCH, domain::CallPayload};
+
+#[derive(Args, Clone, Debug)]
+pub struct ImportArgs {
+    /// The CSV file: a header row, then one call per row.
+    pub file: PathBuf,
+    /// The service's base URL.
+    #[arg(
+        long,
+        env = "CALL_ORCHESTRATOR_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
+    pub url: String,
+    /// One of the service's API_KEYS, when it has any.
+    #[arg(long, env = "CALL_ORCHESTRATOR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Check every row and report, without sending anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Calls per request (at most 1000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+}
+
+/// One row that was not imported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Line in the file (the header is line 1).
+    pub line: u64,
+    pub reason: String,
+}
+
+/// What an import came to.
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub rows: usize,
+    pub valid: usize,
+    pub created: usize,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Reads and checks the file: the valid calls (with their lines) and the rejected rows.
+pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<(u64, Value)>, Vec<Rejected>)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_path(file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let headers = reader
+        .headers()
+        .context("the CSV has no header row")?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let to_at = column("to").context("the CSV has no `to` column")?;
+    let script_at = column("scriptId").context("the CSV has no `scriptId` column")?;
+    let metadata_at: Vec<(usize, String)> = headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.strip_prefix("metadata.").map(|k| (i, k.to_owned())))
+        .filter(|(_, k)| !k.is_empty())
+        .collect();
+    if let Some(unknown) = headers
+        .iter()
+        .find(|h| !matches!(*h, "to" | "scriptId") && !h.starts_with("metadata."))
+    {
+        anyhow::bail!("column `{unknown}` is not to, scriptId or metadata.<key>");
+    }
+    let mut valid = Vec::new();
+    let mut rejected = Vec::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(record) => record,
+            Err(err) => {
+                let line = err.position().map_or(0, |p| p.line());
+                rejected.push(Rejected {
+                    line,
+                    reason: format!("not a valid CSV row: {err}"),
+                });
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        let mut metadata = Map::new();
+        for (i, key) in &metadata_at {
+            if let Some(value) = record.get(*i).filter(|v| !v.is_empty()) {
+                metadata.insert(key.clone(), Value::from(value));
+            }
+        }
+        let metadata = Value::Object(metadata);
+        match CallPayload::parse(record.get(to_at), record.get(script_at), Some(&metadata)) {
+            Ok(payload) => valid.push((line, payload.to_json())),
+            Err(errors) => rejected.push(Rejected {
+                line,
+                reason: errors
+                    .into_iter()
+                    .map(|e| e.message)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }),
+        }
+    }
+    Ok((valid, rejected))
+}
+
+/// Runs the import and prints its report; `Ok` with rejected rows still in the report.
+pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
+    let (valid, mut rejected) = read_rows(&args.file)?;
+    let mut report = ImportReport {
+        rows: valid.len() + rejected.len(),
+        valid: valid.len(),
+        ..ImportReport::default()
+    };
+    if !args.dry_run && !valid.is_empty() {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()?;
+        let bar = ProgressBar::new(valid.len() as u64).with_style(
+            ProgressStyle::with_template("{prefix} [{bar:40.cyan/blue}] {pos}/{len} calls {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix("importing");
+        let url = format!("{}/api/v1/calls/batch", args.url.trim_end_matches('/'));
+        let size = usize::from(args.batch_size).min(MAX_BATCH);
+        for chunk in valid.chunks(size) {
+            let calls: Vec<&Value> = chunk.iter().map(|(_, call)| call).collect();
+            let mut request = client.post(&url).json(&json!({"calls": calls}));
+            if let Some(key) = &args.api_key {
+                request = request.bearer_auth(key);
+            }
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the service at {}", args.url))?;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                report.created += chunk.len();
+                bar.inc(chunk.len() as u64);
+                continue;
+            }
+            // The batch is all or nothing: name the rows the service refused, and stop.
+            bar.abandon();
+            let details = body["error"]["details"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for detail in &details {
+                if let Some((line, _)) =
+                    detail["index"].as_u64().and_then(|i| chunk.get(i as usize))
+                {
+                    rejected.push(Rejected {
+                        line: *line,
+                        reason: detail["message"].as_str().unwrap_or("refused").to_owned(),
+                    });
+                }
+            }
+            anyhow::bail!(
+                "the service refused the batch starting at line {} ({status}: {}); {} calls \
+                 were created before it, from the lines above",
+                chunk[0].0,
+                body["error"]["message"].as_str().unwrap_or("no message"),
+                report.created
+            );
+        }
+        bar.finish();
+    }
+    rejected.sort_by_key(|r| r.line);
+    report.rejected = rejected;
+    print_report(&args, &report);
+    Ok(report)
+}
+
+fn print_report(args: &ImportArgs, report: &ImportReport) {
+    for row in &report.rejected {
+        println!("line {}: {}", row.line, row.reason);
+    }
+    if args.dry_run {
+        println!(
+            "dry run: {} rows, {} valid, {} rejected; nothing was sent",
+            report.rows,
+            report.valid,
+            report.rejected.len()
+        );
+    } else {
+        println!(
+            "{} rows: {} calls created, {} rejected",
+            report.rows,
+            report.created,
+            report.rejected.len()
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! `call-orchestrator import` against a running service.
+
+mod common;
+
+use std::process::Command;
+
+use common::TestApp;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
+
+const CSV: &str = "\
+to,scriptId,metadata.customerName,metadata.plan
++1 (415) 555-0100,welcomeFlow,Ada Lovelace,gold
+4155550101,welcomeFlow,No Plus,
++14155550102,bad script,Bad Script,silver
++14155550103,renewal,\"Grace, Hopper\",
+";
+
+/// Runs the binary off the test's runtime, which serves the API meanwhile.
+async fn import(app: &TestApp, file: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let mut command = Command::new(BIN);
+    command
+        .arg("import")
+        .arg(file)
+        .args(["--url", &app.base])
+        .args(extra)
+        .env_clear();
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_dry_run_checks_every_row_and_sends_nothing() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("campaign.csv");
+    std::fs::write(&file, CSV).unwrap();
+    let (code, stdout, stderr) = import(&app, &file, &["--dry-run"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("line 3: `to` must start with +"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line 4: `scriptId` may hold only"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dry run: 4 rows, 2 valid, 2 rejected; nothing was sent"),
+        "{stdout}"
+    );
+    assert_eq!(app.row_counts().await.0, 0);
+}
+
+#[tokio::test]
+async fn valid_rows_are_created_in_file_order() {
+    let app = TestApp::spawn_with(|c| {
+        c.api_keys = Some(call_orchestrator::config::Secret::new("secret-key"));
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("campaign.csv");
+    std::fs::write(&file, CSV).unwrap();
+
+    let (code, _, stderr) = import(&app, &file, &[]).await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("401"),
+        "without the key the service refuses: {stderr}"
+    );
+
+    let (code, stdout, _) = import(
+        &app,
+        &file,
+        &["--api-key", "secret-key", "--batch-size", "1"],
+    )
+    .await;
+    assert_eq!(code, 1, "two rows were rejected");
+    assert!(
+        stdout.contains("4 rows: 2 calls created, 2 rejected"),
+        "{stdout}"
+    );
+    let calls: Vec<(String, String, serde_json::Value)> =
+        sqlx::query_as("SELECT to_number, script_id, metadata FROM calls ORDER BY seq")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        calls,
+        [
+            (
+                "+14155550100".into(),
+                "welcomeFlow".into(),
+                json!({"customerName": "Ada Lovelace", "plan": "gold"})
+            ),
+            (
+                "+14155550103".into(),
+                "renewal".into(),
+                json!({"customerName": "Grace, Hopper"})
+            ),
+        ]
+    );
+
+    let clean = dir.path().join("clean.csv");
+    std::fs::write(&clean, "to,scriptId\n+14155550199,s\n").unwrap();
+    let (code, stdout, _) = import(&app, &clean, &["--api-key", "secret-key"]).await;
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[tokio::test]
+async fn unusable_files_are_refused_up_front() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content, complaint) in [
+        (
+            "no-to.csv",
+            "number,scriptId\n+14155550100,s\n",
+            "`to` column",
+        ),
+        (
+            "odd.csv",
+            "to,scriptId,extra\n+14155550100,s,x\n",
+            "column `extra`",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        let (code, _, stderr) = import(&app, &file, &[]).await;
+        assert_eq!(code, 1);
+        assert!(stderr.contains(complaint), "{stderr}");
+    }
+    let (code, _, stderr) = import(&app, &dir.path().join("missing.csv"), &[]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    assert_eq!(app.row_counts().await.0, 0);
+}
