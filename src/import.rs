@@ -53,8 +53,11 @@ pub struct ImportReport {
     pub rejected: Vec<Rejected>,
 }
 
+/// A valid row: its line and the call's JSON body.
+pub type Row = (u64, Value);
+
 /// Reads and checks the file: the valid calls (with their lines) and the rejected rows.
-pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<(u64, Value)>, Vec<Rejected>)> {
+pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Rejected>)> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
