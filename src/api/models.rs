@@ -83,18 +83,24 @@ pub struct Call {
     /// Dial attempts made so far.
     pub attempts: i32,
     /// The provider's id for the latest attempt.
+    #[oai(nullable)]
     pub external_call_id: Option<String>,
     /// Why the latest attempt failed, when it did.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// When a `PENDING` call will be dialed at the earliest; null once it is not pending.
+    #[oai(nullable)]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Length of the completed call, as the provider reported it.
+    #[oai(nullable)]
     pub duration_sec: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// When the latest attempt was dialed.
+    #[oai(nullable)]
     pub started_at: Option<DateTime<Utc>>,
     /// When the call reached its final status.
+    #[oai(nullable)]
     pub completed_at: Option<DateTime<Utc>>,
 }
 
@@ -251,6 +257,7 @@ pub struct Event {
     #[oai(rename = "type")]
     pub kind: EventType,
     /// The dial attempt it concerns (from 1), when it concerns one.
+    #[oai(nullable)]
     pub attempt: Option<i32>,
     /// Facts of the event: the patch applied, the provider's answer, the webhook received…
     pub detail: Value,
@@ -308,8 +315,10 @@ pub struct Concurrency {
 #[oai(rename_all = "camelCase")]
 pub struct ErrorDetail {
     /// For batch requests, the index of the item (from 0).
+    #[oai(nullable)]
     pub index: Option<u32>,
     /// The field, such as `to` or `metadata`.
+    #[oai(nullable)]
     pub field: Option<String>,
     pub message: String,
 }
@@ -323,7 +332,6 @@ pub struct ErrorInfo {
     /// What is wrong, for a person.
     pub message: String,
     /// Each refused field or batch item, when there are several.
-    #[oai(skip_serializing_if_is_empty)]
     pub details: Vec<ErrorDetail>,
 }
 

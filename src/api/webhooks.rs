@@ -46,10 +46,13 @@ pub struct WebhookPayload {
     pub call_id: String,
     pub status: WebhookStatus,
     /// Length of the call in seconds, for `COMPLETED`.
+    #[oai(nullable)]
     pub duration_sec: Option<i64>,
     /// When the call ended (RFC 3339).
+    #[oai(nullable)]
     pub completed_at: Option<String>,
     /// Why the call did not complete, for the failures.
+    #[oai(nullable)]
     pub reason: Option<String>,
 }
 
