@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-pub use server::{Simulator, Status};
+pub use server::{Latency, Simulator, Status};
 
 /// The share of calls ending in each final status, as `completed=70,busy=10,…`.
 #[derive(Clone, Debug, PartialEq)]
@@ -182,6 +182,35 @@ pub struct SimConfig {
     /// Share of final webhooks sent twice.
     #[arg(long, env = "SIM_DUPLICATE_WEBHOOK_RATE", default_value = "0", value_parser = parse_rate)]
     pub duplicate_webhook_rate: f64,
+    /// Share of final webhooks held back for `--late-webhook-delay` after the call ended.
+    #[arg(long, env = "SIM_LATE_WEBHOOK_RATE", default_value = "0", value_parser = parse_rate)]
+    pub late_webhook_rate: f64,
+    /// How late a late webhook is.
+    #[arg(long, env = "SIM_LATE_WEBHOOK_DELAY", default_value = "60s", value_parser = parse_duration)]
+    pub late_webhook_delay: Duration,
+    /// Share of calls whose final webhook is sent before their progress webhooks.
+    #[arg(long, env = "SIM_OUT_OF_ORDER_RATE", default_value = "0", value_parser = parse_rate)]
+    pub out_of_order_rate: f64,
+}
+
+/// The faults of the provider's API that can be switched while the simulator runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Faults {
+    pub error_rate: f64,
+    pub rate_limit_rate: f64,
+    pub slow_rate: f64,
+    pub slow_delay: Duration,
+}
+
+impl SimConfig {
+    pub fn faults(&self) -> Faults {
+        Faults {
+            error_rate: self.error_rate,
+            rate_limit_rate: self.rate_limit_rate,
+            slow_rate: self.slow_rate,
+            slow_delay: self.slow_delay,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -203,6 +232,9 @@ impl Default for SimConfig {
             progress_webhooks: true,
             drop_webhook_rate: 0.0,
             duplicate_webhook_rate: 0.0,
+            late_webhook_rate: 0.0,
+            late_webhook_delay: Duration::from_secs(60),
+            out_of_order_rate: 0.0,
         }
     }
 }

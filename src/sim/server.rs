@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::SimConfig;
+use super::{Faults, SimConfig};
 
 /// Latency figures, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -58,12 +58,15 @@ pub struct Status {
     pub webhook_failures: u64,
     pub webhooks_dropped: u64,
     pub webhooks_duplicated: u64,
+    pub webhooks_late: u64,
+    pub webhooks_out_of_order: u64,
     /// From a final webhook's 2xx to the next dial request, while calls were waiting.
     pub refill_latency_ms: Latency,
 }
 
 struct State {
     rng: fastrand::Rng,
+    faults: Faults,
     next_id: u64,
     by_key: HashMap<String, String>,
     active: HashMap<String, String>,
@@ -86,6 +89,15 @@ pub struct Simulator {
     shutdown: CancellationToken,
 }
 
+/// What happens to one call's webhooks.
+#[derive(Clone, Copy, Debug)]
+struct Quirks {
+    lose: bool,
+    twice: bool,
+    late: bool,
+    out_of_order: bool,
+}
+
 /// What a dial request gets.
 enum Answer {
     Accepted(String),
@@ -105,6 +117,7 @@ impl Simulator {
         let simulator = Self {
             state: Arc::new(Mutex::new(State {
                 rng: fastrand::Rng::with_seed(config.seed),
+                faults: config.faults(),
                 next_id: 0,
                 by_key: HashMap::new(),
                 active: HashMap::new(),
@@ -157,6 +170,16 @@ impl Simulator {
         status
     }
 
+    /// Switches the API's faults (outage, rate limits, slow answers) while running.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.lock().expect("simulator state").faults = faults;
+    }
+
+    /// Every Idempotency-Key for which a call was placed, with its callId.
+    pub fn placed(&self) -> HashMap<String, String> {
+        self.state.lock().expect("simulator state").by_key.clone()
+    }
+
     /// Stops the server; calls under way stop sending webhooks.
     pub fn stop(&self) {
         self.shutdown.cancel();
@@ -169,8 +192,9 @@ impl Simulator {
             return (Answer::Accepted(id), None);
         }
         let config = &self.config;
+        let faults = state.faults;
         let draw = state.rng.f64();
-        if draw < config.error_rate {
+        if draw < faults.error_rate {
             state.status.errors_injected += 1;
             return (
                 Answer::Refused(
@@ -181,7 +205,7 @@ impl Simulator {
                 None,
             );
         }
-        if draw < config.error_rate + config.rate_limit_rate {
+        if draw < faults.error_rate + faults.rate_limit_rate {
             state.status.rate_limited += 1;
             return (
                 Answer::Refused(
@@ -192,7 +216,7 @@ impl Simulator {
                 None,
             );
         }
-        let slow = state.rng.f64() < config.slow_rate;
+        let slow = state.rng.f64() < faults.slow_rate;
         if slow {
             state.status.slow_answers += 1;
         }
@@ -215,31 +239,36 @@ impl Simulator {
         let span = config.max_duration.saturating_sub(config.min_duration);
         let duration = config.min_duration + span.mul_f64(state.rng.f64());
         let outcome = config.outcomes.pick(state.rng.f64());
-        let lose = state.rng.f64() < config.drop_webhook_rate;
-        let twice = state.rng.f64() < config.duplicate_webhook_rate;
+        let quirks = Quirks {
+            lose: state.rng.f64() < config.drop_webhook_rate,
+            twice: state.rng.f64() < config.duplicate_webhook_rate,
+            late: state.rng.f64() < config.late_webhook_rate,
+            out_of_order: state.rng.f64() < config.out_of_order_rate,
+        };
         drop(state);
         let simulator = self.clone();
         let (call_id, url) = (id.clone(), webhook_url.to_owned());
         tokio::spawn(async move {
             simulator
-                .play(call_id, url, duration, outcome, lose, twice)
+                .play(call_id, url, duration, outcome, quirks)
                 .await
         });
-        (Answer::Accepted(id), slow.then_some(config.slow_delay))
+        (Answer::Accepted(id), slow.then_some(faults.slow_delay))
     }
 
-    /// The life of one call: progress webhooks, the call itself, the final webhook.
+    /// The life of one call: progress webhooks, the call itself, the final webhook (with
+    /// the quirks drawn for it).
     async fn play(
         &self,
         id: String,
         url: String,
         duration: Duration,
         outcome: &'static str,
-        lose: bool,
-        twice: bool,
+        quirks: Quirks,
     ) {
-        if self.config.progress_webhooks {
-            let step = (duration / 4).min(Duration::from_millis(500));
+        let progress = self.config.progress_webhooks && !quirks.out_of_order;
+        let step = (duration / 4).min(Duration::from_millis(500));
+        if progress {
             for status in ["QUEUED", "RINGING", "IN_PROGRESS"] {
                 tokio::time::sleep(step).await;
                 if self.shutdown.is_cancelled() {
@@ -261,10 +290,16 @@ impl Simulator {
                 }
             }
             *state.status.outcomes.entry(outcome.to_owned()).or_default() += 1;
-            if lose {
+            if quirks.lose {
                 state.status.webhooks_dropped += 1;
                 return;
             }
+            if quirks.late {
+                state.status.webhooks_late += 1;
+            }
+        }
+        if quirks.late {
+            tokio::time::sleep(self.config.late_webhook_delay).await;
         }
         if self.shutdown.is_cancelled() {
             return;
@@ -280,20 +315,31 @@ impl Simulator {
             body["reason"] =
                 format!("simulated {}", outcome.to_lowercase().replace('_', " ")).into();
         }
-        if self.deliver(&url, &body).await {
+        if self.deliver(&url, &body).await && !quirks.late {
             self.state
                 .lock()
                 .expect("simulator state")
                 .acks
                 .push_back(Instant::now());
         }
-        if twice {
+        if quirks.twice {
             self.state
                 .lock()
                 .expect("simulator state")
                 .status
                 .webhooks_duplicated += 1;
             self.deliver(&url, &body).await;
+        }
+        if quirks.out_of_order && self.config.progress_webhooks {
+            self.state
+                .lock()
+                .expect("simulator state")
+                .status
+                .webhooks_out_of_order += 1;
+            for status in ["RINGING", "IN_PROGRESS"] {
+                self.deliver(&url, &json!({"callId": id, "status": status}))
+                    .await;
+            }
         }
     }
 
