@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use call_orchestrator::{
     api, app,
+    bench::BenchArgs,
     config::{Config, LogFormat, Needs},
     demo::{self, DemoArgs},
     import::ImportArgs,
@@ -45,6 +46,9 @@ enum Command {
     /// Send a campaign from a CSV (to, scriptId, metadata.*) through the batch route of a
     /// running service; exit status 1 when any row was rejected.
     Import(ImportArgs),
+    /// The benchmarks of BENCHMARKS.md, on private processes it starts itself; prints a
+    /// Markdown table (build with --release).
+    Bench(BenchArgs),
     /// Exit 0 when the service at --url is healthy, else 1 (for container health checks).
     Healthcheck {
         /// The service's base URL (default: http://127.0.0.1:$PORT).
@@ -80,6 +84,10 @@ fn main() -> ExitCode {
         Command::ProviderSim(config) => return run_simulator(config),
         Command::Healthcheck { url } => return healthcheck(url),
         Command::Import(args) => return run_import(args),
+        Command::Bench(args) => {
+            let _guards = quiet_logs("error");
+            return finish(runtime().block_on(call_orchestrator::bench::run(args)));
+        }
         Command::Serve | Command::Worker => Needs::Provider,
         Command::Api | Command::Migrate => Needs::Database,
     };

@@ -85,3 +85,9 @@ pub fn retry_decided(decision: RetryDecision) {
     };
     counter!("call_orchestrator_failed_attempts_total", "outcome" => outcome).increment(1);
 }
+
+/// From a wake-up (a slot freed, a call became due) to the claim it led to: this replica's
+/// share of the slot refill latency.
+pub fn refill(latency: Duration) {
+    histogram!("call_orchestrator_refill_latency_seconds").record(latency.as_secs_f64());
+}

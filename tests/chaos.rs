@@ -133,13 +133,48 @@ async fn wait_healthy(client: &reqwest::Client, port: u16) {
 
 /// Waits until `fraction` of `total` calls have ended (or the campaign is over).
 async fn until_ended(cluster: &Cluster, total: usize, fraction: f64) {
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while (cluster.ended().await as f64) < total as f64 * fraction {
-        assert!(
-            Instant::now() < deadline,
-            "stuck before {fraction} of the campaign"
-        );
+        if Instant::now() > deadline {
+            diagnose(cluster).await;
+            panic!("stuck before {fraction} of the campaign");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a person needs to see when the campaign stops moving.
+async fn diagnose(cluster: &Cluster) {
+    eprintln!("simulator: {:?}", cluster.sim.status());
+    for replica in cluster.replicas.iter().flatten() {
+        let health = cluster
+            .client
+            .get(format!("http://127.0.0.1:{}/api/v1/metrics", replica.port))
+            .send()
+            .await;
+        let body = match health {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(err) => format!("unreachable: {err}"),
+        };
+        eprintln!("replica {}: {body}", replica.port);
+    }
+    if let Ok(pool) = sqlx::PgPool::connect(&cluster.pg.url("postgres")).await {
+        let statuses: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status::text, count(*) FROM calls GROUP BY 1")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        eprintln!("calls: {statuses:?}");
+        let activity: Vec<String> = sqlx::query_scalar(
+            "SELECT concat_ws(' | ', state, wait_event_type, wait_event, left(query, 120))
+             FROM pg_stat_activity WHERE datname = 'postgres' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        for row in activity {
+            eprintln!("backend: {row:?}");
+        }
     }
 }
 
@@ -258,11 +293,10 @@ async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: us
         {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "calls still open: {:?}",
-            cluster.metrics().await
-        );
+        if Instant::now() > deadline {
+            diagnose(cluster).await;
+            panic!("calls still open");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     check(cluster, calls, drain, started.elapsed()).await
@@ -275,10 +309,32 @@ async fn check(cluster: &Cluster, calls: usize, drain: Duration, wall: Duration)
         "the provider saw {} calls at once (cap {CAP})",
         sim.peak_active
     );
+    if sim.peak_per_number > 1 {
+        let pool = sqlx::PgPool::connect(&cluster.pg.url("postgres"))
+            .await
+            .unwrap();
+        for overlap in &sim.overlaps {
+            eprintln!("overlap: {overlap}");
+        }
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT concat_ws(' ', e.at, e.call_id, e.attempt, e.kind, e.detail) FROM call_events e
+             JOIN calls c ON c.id = e.call_id
+             WHERE c.to_number IN (SELECT to_number FROM calls WHERE id::text = split_part($1, ':', 1))
+             ORDER BY e.at",
+        )
+        .bind(sim.overlaps[0].split(": ").nth(1).unwrap_or_default().split_whitespace().next().unwrap_or_default())
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for event in events {
+            eprintln!("{event}");
+        }
+    }
     assert!(
         sim.peak_per_number <= 1,
-        "the provider saw {} calls at once to one number",
-        sim.peak_per_number
+        "the provider saw {} calls at once to one number: {:?}",
+        sim.peak_per_number,
+        sim.overlaps
     );
 
     let pool = sqlx::PgPool::connect(&cluster.pg.url("postgres"))

@@ -46,7 +46,8 @@ impl HealthApi {
     /// Prometheus metrics
     ///
     /// The text exposition format: calls by status (`call_orchestrator_calls`), the cap,
-    /// claim duration, how long due calls waited for a slot, provider requests by outcome
+    /// claim duration, how long due calls waited for a slot, the time from a wake-up (slot
+    /// freed, call due) to the claim it led to, provider requests by outcome
     /// and their duration, webhooks by outcome, failed attempts by fate, expiries and
     /// rescues. Counters are this replica's own; the call counts are the database's.
     #[oai(path = "/metrics", method = "get", operation_id = "prometheusMetrics")]

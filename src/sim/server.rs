@@ -59,6 +59,8 @@ pub struct Status {
     pub webhooks_dropped: u64,
     pub webhooks_duplicated: u64,
     pub webhooks_late: u64,
+    /// The first overlaps seen (a number with two calls active at once), for diagnosis.
+    pub overlaps: Vec<String>,
     pub webhooks_out_of_order: u64,
     /// From a final webhook's 2xx to the next dial request, while calls were waiting.
     pub refill_latency_ms: Latency,
@@ -224,6 +226,23 @@ impl Simulator {
         let id = format!("sim-{}", state.next_id);
         state.by_key.insert(key.to_owned(), id.clone());
         state.status.placed += 1;
+        if state.per_number.contains_key(number) && state.status.overlaps.len() < 20 {
+            let others: Vec<String> = state
+                .active
+                .iter()
+                .filter(|(_, n)| *n == number)
+                .map(|(other, _)| {
+                    let key = state
+                        .by_key
+                        .iter()
+                        .find(|(_, v)| *v == other)
+                        .map(|(k, _)| k.as_str());
+                    format!("{other} ({})", key.unwrap_or("?"))
+                })
+                .collect();
+            let overlap = format!("{number}: {key} while {} active", others.join(", "));
+            state.status.overlaps.push(overlap);
+        }
         state.active.insert(id.clone(), number.to_owned());
         let on_number = {
             let n = state.per_number.entry(number.to_owned()).or_default();
@@ -269,14 +288,21 @@ impl Simulator {
         let progress = self.config.progress_webhooks && !quirks.out_of_order;
         let step = (duration / 4).min(Duration::from_millis(500));
         if progress {
-            for status in ["QUEUED", "RINGING", "IN_PROGRESS"] {
-                tokio::time::sleep(step).await;
-                if self.shutdown.is_cancelled() {
-                    return;
+            // Progress webhooks go out on their own: a service slow to take them must not
+            // stretch the call itself, which ends on the clock like a real one.
+            let (simulator, id, url) = (self.clone(), id.clone(), url.clone());
+            tokio::spawn(async move {
+                for status in ["QUEUED", "RINGING", "IN_PROGRESS"] {
+                    tokio::time::sleep(step).await;
+                    if simulator.shutdown.is_cancelled() {
+                        return;
+                    }
+                    simulator
+                        .deliver(&url, &json!({"callId": id, "status": status}))
+                        .await;
                 }
-                self.deliver(&url, &json!({"callId": id, "status": status}))
-                    .await;
-            }
+            });
+            tokio::time::sleep(step * 3).await;
         }
         tokio::time::sleep(duration).await;
         {

@@ -81,13 +81,19 @@ impl Dispatcher {
         // is still followed by a claim.
         let listener = tokio::spawn(listening.run());
         let mut tasks = JoinSet::new();
+        let mut woken_at: Option<std::time::Instant> = None;
         loop {
             while tasks.try_join_next().is_some() {}
             // Claim until nothing more can be claimed (queue empty, cap full, numbers busy).
             loop {
                 match self.claim().await {
                     Ok(claimed) if claimed.is_empty() => break,
-                    Ok(claimed) => self.spawn_dials(&mut tasks, claimed),
+                    Ok(claimed) => {
+                        if let Some(woken) = woken_at.take() {
+                            crate::metrics::refill(woken.elapsed());
+                        }
+                        self.spawn_dials(&mut tasks, claimed)
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "claim failed; retrying shortly");
                         break;
@@ -95,9 +101,10 @@ impl Dispatcher {
                 }
             }
             let wait = self.idle_wait().await;
+            woken_at = None;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = wake.notified() => {}
+                _ = wake.notified() => woken_at = Some(std::time::Instant::now()),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
