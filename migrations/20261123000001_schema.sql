@@ -118,10 +118,12 @@ CREATE TABLE idempotency_keys (
 
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
 
--- Wake the dispatchers when a call becomes claimable or a slot frees: statement-level
--- triggers, so a batch of a thousand calls is one notification, sent at commit (and
--- collapsed with any other of the same transaction). Claims (rows becoming IN_PROGRESS)
--- notify nobody, or replicas would wake each other forever. Listeners treat it as a hint.
+-- Wake the dispatchers when a call becomes claimable again or a slot frees: a statement-
+-- level trigger, so one statement is one notification, sent at commit (and collapsed with
+-- any other of the same transaction). Claims (rows becoming IN_PROGRESS) notify nobody, or
+-- replicas would wake each other forever. New calls are announced by the API after its
+-- commit instead (see db::Wakeup), keeping NOTIFY's commit-time lock off the create path.
+-- Listeners treat notifications as hints.
 CREATE FUNCTION notify_dispatchers() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM changed WHERE status <> 'IN_PROGRESS') THEN
@@ -130,10 +132,6 @@ BEGIN
     RETURN NULL;
 END;
 $$;
-
-CREATE TRIGGER calls_inserted_wake_dispatchers
-    AFTER INSERT ON calls REFERENCING NEW TABLE AS changed
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_dispatchers();
 
 CREATE TRIGGER calls_updated_wake_dispatchers
     AFTER UPDATE ON calls REFERENCING NEW TABLE AS changed

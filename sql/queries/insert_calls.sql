@@ -1,6 +1,7 @@
--- Inserts calls in the order given ($1..$4 are parallel arrays, one element per call),
--- records each one's CREATED event, and returns the new rows oldest first.
--- Used by the single create (arrays of one) and by the batch route, in one statement.
+-- Inserts calls in the order given ($1..$4 are parallel arrays, one element per call) and
+-- returns the new rows oldest first. Used by the single create (arrays of one) and by the
+-- batch route, in one statement. The timeline's CREATED entry is the row itself
+-- (created_at), so nothing else is written.
 WITH input AS (
     SELECT *
     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
@@ -12,9 +13,5 @@ inserted AS (
     FROM input
     ORDER BY ord
     RETURNING *
-),
-events AS (
-    INSERT INTO call_events (call_id, kind)
-    SELECT id, 'CREATED' FROM inserted
 )
 SELECT * FROM inserted ORDER BY seq

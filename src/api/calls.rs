@@ -117,6 +117,7 @@ impl CallsApi {
             .map_err(|err| ApiError::from_db(err, call.id))?;
         Ok(match outcome {
             CreateOutcome::Created(call) => {
+                self.state.wakeup.wake();
                 tracing::info!(call_id = %call.id, "call created");
                 CreatedCall::Created(Json(CallEnvelope::new(call.into())), None)
             }
@@ -187,6 +188,7 @@ impl CallsApi {
             )));
         }
         let created = db::create_calls(&self.state.pool, &calls).await?;
+        self.state.wakeup.wake();
         tracing::info!(count = created.len(), "batch created");
         Ok(CreatedCalls::Created(Json(CallsEnvelope::new(
             created.into_iter().map(Call::from).collect(),

@@ -44,6 +44,8 @@ pub struct ApiState {
     pub api_keys: Vec<Secret>,
     /// One verifier per `WEBHOOK_SECRET` (several during a rotation); empty: unsigned.
     pub webhook_verifiers: Vec<standardwebhooks::Webhook>,
+    /// Tells the dispatchers about new calls.
+    pub wakeup: crate::db::Wakeup,
 }
 
 impl ApiState {
@@ -51,6 +53,7 @@ impl ApiState {
         crate::metrics::handle();
         let settings = WorkerSettings::from_config(config);
         Self {
+            wakeup: crate::db::Wakeup::spawn(pool.clone()),
             pool,
             max_concurrent_calls: config.max_concurrent_calls,
             policy: settings.policy,

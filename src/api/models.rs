@@ -253,6 +253,7 @@ impl From<EventKind> for EventType {
 #[derive(Object, Clone, Debug)]
 #[oai(rename_all = "camelCase")]
 pub struct Event {
+    /// Increasing along the timeline; 0 for the `CREATED` entry.
     pub id: i64,
     #[oai(rename = "type")]
     pub kind: EventType,

@@ -27,6 +27,42 @@ pub use outcomes::{
 /// The channel the dispatchers LISTEN on; see the triggers in the migrations.
 pub const WAKEUP_CHANNEL: &str = "call_orchestrator_wakeup";
 
+/// Wakes the dispatchers after new calls were committed. A transaction that NOTIFYs takes
+/// a global lock at commit, which would serialise every create; so the API notifies after
+/// its commit instead, from one background task per process that coalesces a burst of
+/// creates into one notification. A wake-up lost to a crash between the two is caught by
+/// the dispatchers' poll: notifications are hints.
+#[derive(Clone)]
+pub struct Wakeup {
+    pending: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Wakeup {
+    /// Starts the notifying task on the current Tokio runtime.
+    pub fn spawn(pool: PgPool) -> Self {
+        let pending = std::sync::Arc::new(tokio::sync::Notify::new());
+        let waiting = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                waiting.notified().await;
+                if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(WAKEUP_CHANNEL)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::debug!(error = %err, "wake-up not sent; the dispatchers' poll will catch up");
+                }
+            }
+        });
+        Self { pending }
+    }
+
+    /// Asks for a notification (sent soon, once for any number of asks meanwhile).
+    pub fn wake(&self) {
+        self.pending.notify_one();
+    }
+}
+
 /// Database errors the callers tell apart; everything else is `Other` and becomes a 500.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

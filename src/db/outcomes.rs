@@ -25,33 +25,23 @@ pub async fn record_dial_outcome(
     decide: impl FnOnce(Option<std::time::Duration>) -> RetryDecision,
     rate_limit_delay: impl FnOnce(Option<std::time::Duration>) -> std::time::Duration,
 ) -> Result<(), DbError> {
+    if let DialOutcome::Accepted { provider_call_id } = outcome {
+        // The hot path, one statement: see sql/queries/record_accepted.sql.
+        sqlx::query(include_str!("../../sql/queries/record_accepted.sql"))
+            .bind(call_id)
+            .bind(attempt)
+            .bind(provider_call_id.as_deref())
+            .execute(pool)
+            .await?;
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
     let Some(locked) = lock(&mut tx, call_id, attempt).await? else {
         return Ok(());
     };
     let live = locked.is_current(attempt) && locked.call_status == CallStatus::InProgress;
     match outcome {
-        DialOutcome::Accepted { provider_call_id } => {
-            if let Some(id) = provider_call_id {
-                set_provider_call_id(&mut tx, call_id, attempt, &locked, id).await?;
-            }
-            if locked.attempt_status == "DIALING" {
-                sqlx::query(
-                    "UPDATE call_attempts SET status = 'ACCEPTED', accepted_at = now() WHERE id = $1",
-                )
-                .bind(locked.attempt_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            event(
-                &mut tx,
-                call_id,
-                attempt,
-                "ACCEPTED",
-                json!({"providerCallId": provider_call_id}),
-            )
-            .await?;
-        }
+        DialOutcome::Accepted { .. } => unreachable!("recorded above"),
         // A webhook got here first and settled the attempt: nothing left to record.
         _ if locked.attempt_status != "DIALING" => {}
         DialOutcome::RateLimited { retry_after } => {
