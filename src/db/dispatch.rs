@@ -207,22 +207,6 @@ pub(crate) async fn event(
     Ok(())
 }
 
-/// Ends an attempt with `status` (`COMPLETED`, `FAILED`, `RATE_LIMITED`, `EXPIRED`).
-pub(crate) async fn end_attempt(
-    tx: &mut Transaction<'_, Postgres>,
-    attempt_id: i64,
-    status: &str,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE call_attempts SET status = $2, error = $3, ended_at = now() WHERE id = $1")
-        .bind(attempt_id)
-        .bind(status)
-        .bind(error)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 /// Records the provider's id for an attempt that has none yet.
 pub(crate) async fn set_provider_call_id(
     tx: &mut Transaction<'_, Postgres>,
@@ -252,66 +236,101 @@ pub(crate) async fn set_provider_call_id(
     Ok(())
 }
 
-/// The call's current attempt failed: back to `PENDING` after `decision`'s delay, or
-/// `FAILED` when no attempts remain. Frees the slot either way.
-pub(crate) async fn fail_current_attempt(
-    tx: &mut Transaction<'_, Postgres>,
-    call_id: Uuid,
-    attempt: i32,
-    reason: &str,
-    decision: RetryDecision,
-) -> Result<(), sqlx::Error> {
-    match decision {
-        RetryDecision::RetryAfter(delay) => {
-            sqlx::query(
-                "UPDATE calls SET status = 'PENDING', last_error = $2,
-                     next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
-                 WHERE id = $1",
-            )
-            .bind(call_id)
-            .bind(reason)
-            .bind(delay.as_secs_f64())
-            .execute(&mut **tx)
-            .await?;
-            event(
-                tx,
-                call_id,
-                attempt,
-                "RETRY_SCHEDULED",
-                json!({"nextAttempt": attempt + 1, "delayMs": delay.as_millis() as u64}),
-            )
-            .await
-        }
-        RetryDecision::GiveUp => {
-            finish(tx, call_id, attempt, CallStatus::Failed, Some(reason), None).await
+/// What becomes of the call when one of its attempts is settled.
+#[derive(Clone, Debug)]
+pub(crate) enum CallMove<'a> {
+    /// It is not the call's current attempt (or the call has moved on): the call stays.
+    Stay,
+    Complete {
+        duration_sec: Option<i32>,
+    },
+    Fail {
+        reason: &'a str,
+    },
+    /// Back to `PENDING` (the attempt's error becomes the call's `lastError`); `counts` is
+    /// false for a 429, which is not an attempt.
+    Retry {
+        delay: std::time::Duration,
+        counts: bool,
+    },
+}
+
+impl CallMove<'_> {
+    /// A failed attempt's move, from the retry decision.
+    pub fn after_failure(reason: &str, decision: RetryDecision) -> CallMove<'_> {
+        match decision {
+            RetryDecision::RetryAfter(delay) => CallMove::Retry {
+                delay,
+                counts: true,
+            },
+            RetryDecision::GiveUp => CallMove::Fail { reason },
         }
     }
 }
 
-/// Moves a call to a final status (`COMPLETED` or `FAILED`).
-pub(crate) async fn finish(
+/// Settles an attempt (`COMPLETED`, `FAILED`, `RATE_LIMITED`) and moves its call, in one
+/// statement (`sql/queries/settle_attempt.sql`); `first` is the timeline entry that says
+/// why. The caller holds the call's and the attempt's row locks.
+pub(crate) async fn settle(
     tx: &mut Transaction<'_, Postgres>,
     call_id: Uuid,
     attempt: i32,
-    status: CallStatus,
-    reason: Option<&str>,
-    duration_sec: Option<i32>,
+    locked: &Locked,
+    outcome: (&str, Option<&str>),
+    first: (&str, Value),
+    call: CallMove<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE calls SET status = $2, last_error = COALESCE($3, last_error),
-             duration_sec = COALESCE($4, duration_sec),
-             next_attempt_at = NULL, completed_at = now(), updated_at = now()
-         WHERE id = $1",
-    )
-    .bind(call_id)
-    .bind(DbStatus::from(status))
-    .bind(reason)
-    .bind(duration_sec)
-    .execute(&mut **tx)
-    .await?;
-    let detail = match reason {
-        Some(reason) => json!({"reason": reason}),
-        None => json!({"durationSec": duration_sec}),
-    };
-    event(tx, call_id, attempt, status.as_str(), detail).await
+    // The call's new status, the delay before a retry, and the timeline entry that says so.
+    let mut status = None;
+    let mut delay = 0.0;
+    let mut uncounted = 0;
+    let mut second: (Option<&str>, Option<Value>) = (None, None);
+    let mut duration = None;
+    match &call {
+        CallMove::Stay => {}
+        CallMove::Complete { duration_sec } => {
+            status = Some(DbStatus::Completed);
+            duration = *duration_sec;
+            second = (
+                Some("COMPLETED"),
+                Some(json!({"durationSec": duration_sec})),
+            );
+        }
+        CallMove::Fail { reason } => {
+            status = Some(DbStatus::Failed);
+            second = (Some("FAILED"), Some(json!({"reason": reason})));
+        }
+        CallMove::Retry {
+            delay: wait,
+            counts,
+        } => {
+            status = Some(DbStatus::Pending);
+            delay = wait.as_secs_f64();
+            uncounted = i32::from(!counts);
+            if *counts {
+                second = (
+                    Some("RETRY_SCHEDULED"),
+                    Some(json!({"nextAttempt": attempt + 1, "delayMs": wait.as_millis() as u64})),
+                );
+            }
+        }
+    }
+    let (second_kind, second_detail) = second;
+    sqlx::query(include_str!("../../sql/queries/settle_attempt.sql"))
+        .bind(call_id)
+        .bind(attempt)
+        .bind(locked.attempt_id)
+        .bind(outcome.0)
+        .bind(outcome.1)
+        .bind(first.0)
+        .bind(first.1)
+        .bind(status)
+        .bind(delay)
+        .bind(duration)
+        .bind(uncounted)
+        .bind(second_kind)
+        .bind(second_detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

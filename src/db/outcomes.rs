@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     DbError,
-    dispatch::{end_attempt, event, fail_current_attempt, finish, lock, set_provider_call_id},
+    dispatch::{CallMove, event, lock, set_provider_call_id, settle},
 };
 use crate::{
     domain::{CallStatus, RetryDecision},
@@ -39,83 +39,46 @@ pub async fn record_dial_outcome(
     let Some(locked) = lock(&mut tx, call_id, attempt).await? else {
         return Ok(());
     };
+    // A webhook got here first and settled the attempt: nothing left to record.
+    if locked.attempt_status != "DIALING" {
+        return Ok(());
+    }
     let live = locked.is_current(attempt) && locked.call_status == CallStatus::InProgress;
-    match outcome {
+    let (outcome, first, call) = match outcome {
         DialOutcome::Accepted { .. } => unreachable!("recorded above"),
-        // A webhook got here first and settled the attempt: nothing left to record.
-        _ if locked.attempt_status != "DIALING" => {}
         DialOutcome::RateLimited { retry_after } => {
-            end_attempt(
-                &mut tx,
-                locked.attempt_id,
-                "RATE_LIMITED",
-                Some("provider answered 429"),
-            )
-            .await?;
-            if live {
-                let delay = rate_limit_delay(*retry_after);
+            let delay = rate_limit_delay(*retry_after);
+            let reason = "rate limited by the provider (429)";
+            (
+                ("RATE_LIMITED", Some(reason)),
+                ("RATE_LIMITED", json!({"delayMs": delay.as_millis() as u64})),
                 // Not an attempt: the same attempt number is dialed again later.
-                sqlx::query(
-                    "UPDATE calls SET status = 'PENDING', attempts = attempts - 1,
-                         last_error = 'rate limited by the provider',
-                         next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
-                     WHERE id = $1",
-                )
-                .bind(call_id)
-                .bind(delay.as_secs_f64())
-                .execute(&mut *tx)
-                .await?;
-                event(
-                    &mut tx,
-                    call_id,
-                    attempt,
-                    "RATE_LIMITED",
-                    json!({"delayMs": delay.as_millis() as u64}),
-                )
-                .await?;
-            }
+                CallMove::Retry {
+                    delay,
+                    counts: false,
+                },
+            )
         }
         DialOutcome::Transient {
             reason,
             retry_after,
-        } => {
-            end_attempt(&mut tx, locked.attempt_id, "FAILED", Some(reason)).await?;
-            event(
-                &mut tx,
-                call_id,
-                attempt,
-                "DIAL_FAILED",
-                json!({"reason": reason}),
-            )
-            .await?;
+        } => (
+            ("FAILED", Some(reason.as_str())),
+            ("DIAL_FAILED", json!({"reason": reason})),
             if live {
-                fail_current_attempt(&mut tx, call_id, attempt, reason, decide(*retry_after))
-                    .await?;
-            }
-        }
-        DialOutcome::Permanent { reason } => {
-            end_attempt(&mut tx, locked.attempt_id, "FAILED", Some(reason)).await?;
-            event(
-                &mut tx,
-                call_id,
-                attempt,
-                "DIAL_FAILED",
-                json!({"reason": reason}),
-            )
-            .await?;
-            if live {
-                finish(
-                    &mut tx,
-                    call_id,
-                    attempt,
-                    CallStatus::Failed,
-                    Some(reason),
-                    None,
-                )
-                .await?;
-            }
-        }
-    }
+                CallMove::after_failure(reason, decide(*retry_after))
+            } else {
+                CallMove::Stay
+            },
+        ),
+        DialOutcome::Permanent { reason } => (
+            ("FAILED", Some(reason.as_str())),
+            ("DIAL_FAILED", json!({"reason": reason})),
+            CallMove::Fail { reason },
+        ),
+    };
+    let call = if live { call } else { CallMove::Stay };
+    settle(&mut tx, call_id, attempt, &locked, outcome, first, call).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -183,11 +146,15 @@ pub async fn apply_webhook(
     decide: impl FnOnce(i32) -> RetryDecision,
 ) -> Result<WebhookEffect, DbError> {
     let mut tx = pool.begin().await?;
-    let by_id: Option<(Uuid, i32)> =
-        sqlx::query_as("SELECT call_id, attempt FROM call_attempts WHERE provider_call_id = $1")
-            .bind(&update.provider_call_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // Found by its id, the attempt's call is locked in the same statement.
+    let by_id: Option<(Uuid, i32)> = sqlx::query_as(
+        "SELECT c.id, a.attempt FROM call_attempts a JOIN calls c ON c.id = a.call_id
+         WHERE a.provider_call_id = $1
+         FOR UPDATE OF c",
+    )
+    .bind(&update.provider_call_id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let (call_id, attempt) = match (by_id, update.reference) {
         (Some(found), _) => found,
         // Not known by its id (yet): the reference may name an attempt still waiting for
@@ -208,21 +175,16 @@ pub async fn apply_webhook(
     }
     let current = locked.is_current(attempt);
     let status = update.status;
-    let settled = !locked.attempt_is_open() && locked.attempt_status != "EXPIRED";
-    if status.is_final() && settled && current {
+    let received = json!({"status": status.as_str(), "body": update.body});
+    let open = locked.attempt_is_open() || locked.attempt_status == "EXPIRED";
+    if status.is_final() && !open && current {
         // The outcome of this attempt is already recorded: a repeat changes nothing.
         tx.rollback().await?;
         return Ok(WebhookEffect::Duplicate);
     }
-    event(
-        &mut tx,
-        call_id,
-        attempt,
-        "WEBHOOK_RECEIVED",
-        json!({"status": status.as_str(), "body": update.body}),
-    )
-    .await?;
-    if !status.is_final() {
+    if !status.is_final() || !open {
+        // Progress, or a late final webhook for an earlier attempt: the timeline only.
+        event(&mut tx, call_id, attempt, "WEBHOOK_RECEIVED", received).await?;
         if locked.attempt_status == "DIALING" {
             // The provider clearly holds the call: no need to rescue the attempt.
             sqlx::query(
@@ -235,54 +197,35 @@ pub async fn apply_webhook(
         tx.commit().await?;
         return Ok(WebhookEffect::Applied);
     }
-    if !(locked.attempt_is_open() || locked.attempt_status == "EXPIRED") {
-        // A late final webhook for an earlier attempt: the timeline is all it changes.
-        tx.commit().await?;
-        return Ok(WebhookEffect::Applied);
-    }
     let completed = status == ProviderStatus::Completed;
     let reason = match &update.reason {
         Some(reason) => format!("{}: {reason}", status.as_str()),
         None => status.as_str().to_owned(),
     };
-    end_attempt(
+    let call = match (current, locked.call_status, completed) {
+        (true, CallStatus::InProgress | CallStatus::Expired, true) => CallMove::Complete {
+            duration_sec: update.duration_sec,
+        },
+        (true, CallStatus::InProgress, false) => CallMove::after_failure(&reason, decide(attempt)),
+        // The real outcome of an expired call: recorded, never retried.
+        (true, CallStatus::Expired, false) => CallMove::Fail { reason: &reason },
+        _ => CallMove::Stay,
+    };
+    let outcome = if completed {
+        ("COMPLETED", None)
+    } else {
+        ("FAILED", Some(reason.as_str()))
+    };
+    settle(
         &mut tx,
-        locked.attempt_id,
-        if completed { "COMPLETED" } else { "FAILED" },
-        (!completed).then_some(reason.as_str()),
+        call_id,
+        attempt,
+        &locked,
+        outcome,
+        ("WEBHOOK_RECEIVED", received),
+        call,
     )
     .await?;
-    if current {
-        match (locked.call_status, completed) {
-            (CallStatus::InProgress | CallStatus::Expired, true) => {
-                finish(
-                    &mut tx,
-                    call_id,
-                    attempt,
-                    CallStatus::Completed,
-                    None,
-                    update.duration_sec,
-                )
-                .await?;
-            }
-            (CallStatus::InProgress, false) => {
-                fail_current_attempt(&mut tx, call_id, attempt, &reason, decide(attempt)).await?;
-            }
-            // The real outcome of an expired call: recorded, never retried.
-            (CallStatus::Expired, false) => {
-                finish(
-                    &mut tx,
-                    call_id,
-                    attempt,
-                    CallStatus::Failed,
-                    Some(&reason),
-                    None,
-                )
-                .await?;
-            }
-            _ => {}
-        }
-    }
     tx.commit().await?;
     Ok(WebhookEffect::Applied)
 }

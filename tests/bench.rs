@@ -1,0 +1,33 @@
+//! The bench command runs end to end (tiny sizes; the figures themselves are for
+//! BENCHMARKS.md, never for assertions).
+
+use std::process::Command;
+
+#[test]
+fn the_bench_command_measures_every_step() {
+    let output = Command::new(env!("CARGO_BIN_EXE_call-orchestrator"))
+        .args(["bench", "--runs", "1", "--seconds", "1", "--refill-calls", "20"])
+        .args(["--lifecycle-calls", "200", "--claim-rows", "2000", "--concurrency", "4"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for row in [
+        "ceiling: single-row INSERT transactions",
+        "ceiling: UPDATE-by-key transactions",
+        "ceiling: bare SKIP LOCKED claim",
+        "ingest: POST /api/v1/calls, 4 concurrent",
+        "ingest: batch route",
+        "refill latency p50",
+        "refill latency p99",
+        "lifecycle: completed calls",
+        "memory: one serve replica, idle",
+        "memory: one serve replica, peak under lifecycle",
+        "claim of 10 calls, 1,000 PENDING",
+        "claim of 10 calls, right after 2000 calls of churn",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+}
