@@ -6,14 +6,33 @@ use std::process::Command;
 #[test]
 fn the_bench_command_measures_every_step() {
     let output = Command::new(env!("CARGO_BIN_EXE_call-orchestrator"))
-        .args(["bench", "--runs", "1", "--seconds", "1", "--refill-calls", "20"])
-        .args(["--lifecycle-calls", "200", "--claim-rows", "2000", "--concurrency", "4"])
+        .args([
+            "bench",
+            "--runs",
+            "1",
+            "--seconds",
+            "1",
+            "--refill-calls",
+            "20",
+        ])
+        .args([
+            "--lifecycle-calls",
+            "200",
+            "--claim-rows",
+            "2000",
+            "--concurrency",
+            "4",
+        ])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for row in [
         "ceiling: single-row INSERT transactions",
         "ceiling: UPDATE-by-key transactions",
@@ -27,6 +46,7 @@ fn the_bench_command_measures_every_step() {
         "memory: one serve replica, peak under lifecycle",
         "claim of 10 calls, 1,000 PENDING",
         "claim of 10 calls, right after 2000 calls of churn",
+        "claim of 10 calls, after churn",
     ] {
         assert!(stdout.contains(row), "{row} missing:\n{stdout}");
     }
