@@ -18,16 +18,7 @@ async fn setup() -> (FakeProvider, TestApp) {
 async fn setup_with(
     adjust: impl FnOnce(&mut call_orchestrator::config::Config),
 ) -> (FakeProvider, TestApp) {
-    let provider = FakeProvider::start().await;
-    let url = provider.url.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.ai_call_api_url = Some(url);
-        c.retry_base_delay = Duration::from_millis(300);
-        c.provider_timeout = Duration::from_millis(500);
-        adjust(c);
-    })
-    .await;
-    (provider, app)
+    common::with_provider(Duration::from_millis(300), adjust).await
 }
 
 fn id(call: &Value) -> String {

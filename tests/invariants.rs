@@ -258,8 +258,15 @@ async fn a_freed_slot_is_refilled_by_notification() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
 
-fn serve(cluster: &PgCluster, provider: &FakeProvider, port: u16) -> std::process::Child {
-    Command::new(BIN)
+/// `serve` on `port`, against the cluster and the fake provider.
+fn serve_command(
+    cluster: &PgCluster,
+    provider: &FakeProvider,
+    port: u16,
+    provider_timeout: &str,
+) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .arg("serve")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -269,9 +276,14 @@ fn serve(cluster: &PgCluster, provider: &FakeProvider, port: u16) -> std::proces
         .env("AI_CALL_API_URL", &provider.url)
         .env("AI_CALL_API_KEY", "k")
         .env("WEBHOOK_BASE_URL", format!("http://127.0.0.1:{port}"))
-        .env("PROVIDER_TIMEOUT", "10s")
+        .env("PROVIDER_TIMEOUT", provider_timeout)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn serve(cluster: &PgCluster, provider: &FakeProvider, port: u16) -> std::process::Child {
+    serve_command(cluster, provider, port, "10s")
         .spawn()
         .unwrap()
 }
@@ -382,21 +394,9 @@ async fn a_replica_killed_mid_dial_loses_nothing() {
     let provider = FakeProvider::start().await;
     provider.script([Reply::AcceptAfter(Duration::from_secs(2))]);
     let port = free_port();
-    let mut doomed = Command::new(BIN);
-    doomed
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", cluster.url("postgres"))
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("AI_CALL_API_URL", &provider.url)
-        .env("AI_CALL_API_KEY", "k")
-        .env("WEBHOOK_BASE_URL", format!("http://127.0.0.1:{port}"))
-        .env("PROVIDER_TIMEOUT", "1s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut first = doomed.spawn().unwrap();
+    let mut first = serve_command(&cluster, &provider, port, "1s")
+        .spawn()
+        .unwrap();
     let id = create_call(port).await;
     wait_for("the dial", Duration::from_secs(20), async || {
         !provider.received().is_empty()

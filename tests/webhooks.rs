@@ -16,16 +16,7 @@ use serde_json::{Value, json};
 async fn setup_with(
     adjust: impl FnOnce(&mut call_orchestrator::config::Config),
 ) -> (FakeProvider, TestApp) {
-    let provider = FakeProvider::start().await;
-    let url = provider.url.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.ai_call_api_url = Some(url);
-        c.retry_base_delay = Duration::from_millis(200);
-        c.provider_timeout = Duration::from_millis(500);
-        adjust(c);
-    })
-    .await;
-    (provider, app)
+    common::with_provider(Duration::from_millis(200), adjust).await
 }
 
 async fn setup() -> (FakeProvider, TestApp) {

@@ -41,6 +41,24 @@ fn init_logs() {
     });
 }
 
+/// A fake provider and the service pointed at it, with short provider timeouts and retry
+/// delays of `retry_base_delay`, then `adjust`.
+pub async fn with_provider(
+    retry_base_delay: Duration,
+    adjust: impl FnOnce(&mut Config),
+) -> (provider::FakeProvider, TestApp) {
+    let provider = provider::FakeProvider::start().await;
+    let url = provider.url.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.ai_call_api_url = Some(url);
+        c.retry_base_delay = retry_base_delay;
+        c.provider_timeout = Duration::from_millis(500);
+        adjust(c);
+    })
+    .await;
+    (provider, app)
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
