@@ -407,12 +407,9 @@ async fn a_replica_killed_mid_dial_loses_nothing() {
 
     // A second replica, on another port; the lease of the dead one's attempt runs out.
     let second_port = free_port();
-    let mut survivor = doomed;
-    survivor.env("PORT", second_port.to_string()).env(
-        "WEBHOOK_BASE_URL",
-        format!("http://127.0.0.1:{second_port}"),
-    );
-    let mut second = survivor.spawn().unwrap();
+    let mut second = serve_command(&cluster, &provider, second_port, "1s")
+        .spawn()
+        .unwrap();
     wait_for("the rescue", Duration::from_secs(60), async || {
         provider.with_stats(|s| s.repeats) >= 1
     })
