@@ -434,22 +434,35 @@ async fn wait_all_final(pool: &PgPool, total: u32, limit: Duration) -> anyhow::R
     }
 }
 
+/// A fresh database, an instant simulator and a `serve` replica dialing it with `cap`.
+async fn instant_pipeline(
+    cluster: &PgCluster,
+    database: &str,
+    cap: u32,
+    pool_size: u32,
+) -> anyhow::Result<(PgPool, Simulator, Service)> {
+    let (url, pool) = fresh_database(cluster, database, 2).await?;
+    let sim = Simulator::start(instant_simulator()).await?;
+    let service = Service::start(
+        "serve",
+        &url,
+        &[
+            ("AI_CALL_API_URL", sim.url()),
+            ("AI_CALL_API_KEY", "bench-key".into()),
+            ("MAX_CONCURRENT_CALLS", cap.to_string()),
+            ("DB_MAX_CONNECTIONS", pool_size.to_string()),
+        ],
+    )
+    .await?;
+    Ok((pool, sim, service))
+}
+
 /// 3. Slot refill latency at cap 1, measured by the simulator.
 pub async fn refill(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let (mut p50, mut p95, mut p99) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
-        let (url, pool) = fresh_database(cluster, &format!("bench_refill_{run}"), 2).await?;
-        let sim = Simulator::start(instant_simulator()).await?;
-        let service = Service::start(
-            "serve",
-            &url,
-            &[
-                ("AI_CALL_API_URL", sim.url()),
-                ("AI_CALL_API_KEY", "bench-key".into()),
-                ("MAX_CONCURRENT_CALLS", "1".into()),
-            ],
-        )
-        .await?;
+        let (pool, sim, service) =
+            instant_pipeline(cluster, &format!("bench_refill_{run}"), 1, 10).await?;
         submit(
             &reqwest::Client::new(),
             &service,
@@ -482,17 +495,11 @@ pub async fn refill(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec
 pub async fn lifecycle(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let (mut rates, mut idle, mut peak) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
-        let (url, pool) = fresh_database(cluster, &format!("bench_lifecycle_{run}"), 2).await?;
-        let sim = Simulator::start(instant_simulator()).await?;
-        let service = Service::start(
-            "serve",
-            &url,
-            &[
-                ("AI_CALL_API_URL", sim.url()),
-                ("AI_CALL_API_KEY", "bench-key".into()),
-                ("MAX_CONCURRENT_CALLS", "1000".into()),
-                ("DB_MAX_CONNECTIONS", args.clients.max(10).to_string()),
-            ],
+        let (pool, sim, service) = instant_pipeline(
+            cluster,
+            &format!("bench_lifecycle_{run}"),
+            1000,
+            args.clients.max(10),
         )
         .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
