@@ -11,18 +11,20 @@
 
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
+
+mod common;
 
 use call_orchestrator::{
     pg::{ClusterOptions, PgCluster},
     sim::{Faults, SimConfig, Simulator},
 };
+use common::{binary, free_port, wait_ok};
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
 const CAP: usize = 8;
 const MAX_ATTEMPTS: i32 = 3;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -41,20 +43,9 @@ struct Cluster {
     client: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Cluster {
     fn spawn_replica(&self, port: u16) -> Replica {
-        let child = Command::new(BIN)
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        let child = binary(&["serve"])
             .env("DATABASE_URL", self.pg.url("postgres"))
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
@@ -115,20 +106,12 @@ impl Cluster {
     }
 }
 
-async fn wait_healthy(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("http://127.0.0.1:{port}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "replica on {port} did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_healthy(port: u16) {
+    wait_ok(
+        &format!("http://127.0.0.1:{port}/health"),
+        Duration::from_secs(60),
+    )
+    .await;
 }
 
 /// Waits until `fraction` of `total` calls have ended (or the campaign is over).
@@ -282,7 +265,7 @@ async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: us
     );
     eprintln!("round {round}: replica 1 drained in {drain:?}");
     cluster.replicas[1] = Some(cluster.spawn_replica(leaving.port));
-    wait_healthy(&cluster.client, leaving.port).await;
+    wait_healthy(leaving.port).await;
 
     // Every call ends: dropped webhooks expire, late ones record the real outcome.
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -439,7 +422,7 @@ async fn start() -> Cluster {
         .map(|r| r.port)
         .collect::<Vec<_>>()
     {
-        wait_healthy(&cluster.client, port).await;
+        wait_healthy(port).await;
     }
     cluster
 }

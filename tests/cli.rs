@@ -5,19 +5,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
 use call_orchestrator::pg::{ClusterOptions, PgCluster};
-
-const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
-
-/// The binary with a clean environment: no setting leaks in from the machine.
-fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    command
-}
+use common::{binary as command, free_port};
 
 fn assert_config_error(command: &mut Command, variable: &str) {
     let output = command.output().unwrap();
@@ -69,11 +60,7 @@ fn serve_and_worker_need_the_provider_settings() {
 
 #[test]
 fn healthcheck_fails_without_a_service() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let output = command(&["healthcheck", "--url", &format!("http://127.0.0.1:{port}")])
         .output()
         .unwrap();
@@ -170,11 +157,7 @@ async fn migrations_are_safe_when_replicas_start_at_once() {
 #[tokio::test]
 async fn api_serves_and_stops_cleanly_on_sigterm() {
     let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = command(&["api"])
         .env("DATABASE_URL", cluster.url("postgres"))
         .env("HOST", "127.0.0.1")
@@ -222,11 +205,7 @@ async fn api_serves_and_stops_cleanly_on_sigterm() {
 async fn json_logs_name_the_call_and_log_dir_keeps_files() {
     let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
     let logs = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = command(&["api"])
         .env("DATABASE_URL", cluster.url("postgres"))
         .env("HOST", "127.0.0.1")

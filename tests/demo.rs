@@ -1,23 +1,16 @@
 //! `demo` and `provider-sim` as a person runs them.
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use call_orchestrator::pg::{ClusterOptions, PgCluster};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
+mod common;
 
-fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    command
-}
+use common::{binary as command, free_port, wait_ok};
 
 #[test]
 fn the_demo_runs_a_campaign_to_the_end_and_leaves_nothing_behind() {
@@ -103,25 +96,6 @@ fn provider_sim_refuses_bad_settings() {
     assert_eq!(output.status.code(), Some(2));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_ok(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(url)
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "{url} did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn provider_sim_drives_serve() {
     let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
@@ -156,8 +130,16 @@ async fn provider_sim_drives_serve() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_ok(&format!("http://127.0.0.1:{sim_port}/health")).await;
-    wait_ok(&format!("http://127.0.0.1:{api_port}/health")).await;
+    wait_ok(
+        &format!("http://127.0.0.1:{sim_port}/health"),
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_ok(
+        &format!("http://127.0.0.1:{api_port}/health"),
+        Duration::from_secs(30),
+    )
+    .await;
     let calls: Vec<Value> = (0..40)
         .map(|i| json!({"to": format!("+1415555{:04}", i % 10), "scriptId": "s"}))
         .collect();

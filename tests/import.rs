@@ -2,12 +2,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::TestApp;
 use serde_json::json;
-
-const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
 
 const CSV: &str = "\
 to,scriptId,metadata.customerName,metadata.plan
@@ -19,13 +15,8 @@ to,scriptId,metadata.customerName,metadata.plan
 
 /// Runs the binary off the test's runtime, which serves the API meanwhile.
 async fn import(app: &TestApp, file: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
-    let mut command = Command::new(BIN);
-    command
-        .arg("import")
-        .arg(file)
-        .args(["--url", &app.base])
-        .args(extra)
-        .env_clear();
+    let mut command = common::binary(&["import"]);
+    command.arg(file).args(["--url", &app.base]).args(extra);
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
         .unwrap();

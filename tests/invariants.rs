@@ -10,7 +10,7 @@ use std::{
 
 use call_orchestrator::pg::{ClusterOptions, PgCluster};
 use common::{
-    TestApp,
+    TestApp, binary, free_port,
     provider::{AutoEnd, FakeProvider, Reply},
 };
 use serde_json::{Value, json};
@@ -159,10 +159,7 @@ async fn replicas_keep_the_cap_and_one_call_per_number() {
 /// Invariant 5: oldest first, and a busy number never stalls the calls behind it.
 #[tokio::test]
 async fn oldest_first_and_busy_numbers_are_skipped() {
-    let provider = FakeProvider::start().await;
-    let url = provider.url.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.ai_call_api_url = Some(url);
+    let (provider, app) = common::with_provider(Duration::from_secs(30), |c| {
         c.max_concurrent_calls = 2;
     })
     .await;
@@ -215,10 +212,7 @@ async fn oldest_first_and_busy_numbers_are_skipped() {
 /// Invariant 6: a freed slot is refilled by LISTEN/NOTIFY, not by the poll.
 #[tokio::test]
 async fn a_freed_slot_is_refilled_by_notification() {
-    let provider = FakeProvider::start().await;
-    let url = provider.url.clone();
-    let app = TestApp::spawn_with(|c| {
-        c.ai_call_api_url = Some(url);
+    let (provider, app) = common::with_provider(Duration::from_secs(30), |c| {
         c.max_concurrent_calls = 1;
     })
     .await;
@@ -256,8 +250,6 @@ async fn a_freed_slot_is_refilled_by_notification() {
     running.await.unwrap();
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
-
 /// `serve` on `port`, against the cluster and the fake provider.
 fn serve_command(
     cluster: &PgCluster,
@@ -265,11 +257,8 @@ fn serve_command(
     port: u16,
     provider_timeout: &str,
 ) -> Command {
-    let mut command = Command::new(BIN);
+    let mut command = binary(&["serve"]);
     command
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("DATABASE_URL", cluster.url("postgres"))
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
@@ -286,14 +275,6 @@ fn serve(cluster: &PgCluster, provider: &FakeProvider, port: u16) -> std::proces
     serve_command(cluster, provider, port, "10s")
         .spawn()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {

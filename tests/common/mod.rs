@@ -19,6 +19,49 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The service's binary, built by cargo for the integration tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_call-orchestrator");
+
+/// The binary with a clean environment (only `PATH`): no setting leaks in from the machine.
+pub fn binary(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+}
+
+/// A loopback port that is free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to `timeout` for `GET url` to answer 2xx.
+pub async fn wait_ok(url: &str, timeout: Duration) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    while !client
+        .get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A running service on its own database.
 pub struct TestApp {
     pub base: String,
