@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::{
-    config::{Config, Secret},
+    config::Config,
     domain::RetryPolicy,
     worker::{WEBHOOK_PATH, WorkerSettings},
 };
@@ -40,8 +40,8 @@ pub struct ApiState {
     pub max_concurrent_calls: u32,
     /// Applied to attempts that webhooks report failed.
     pub policy: RetryPolicy,
-    /// `API_KEYS`; empty: no authentication.
-    pub api_keys: Vec<Secret>,
+    /// SHA-256 of each of `API_KEYS`, computed once; empty: no authentication.
+    pub api_key_digests: Vec<[u8; 32]>,
     /// One verifier per `WEBHOOK_SECRET` (several during a rotation); empty: unsigned.
     pub webhook_verifiers: Vec<standardwebhooks::Webhook>,
     /// Tells the dispatchers about new calls.
@@ -57,7 +57,11 @@ impl ApiState {
             pool,
             max_concurrent_calls: config.max_concurrent_calls,
             policy: settings.policy,
-            api_keys: config.api_key_list(),
+            api_key_digests: config
+                .api_key_list()
+                .iter()
+                .map(|key| digest(key.expose()))
+                .collect(),
             webhook_verifiers: config
                 .webhook_secret_list()
                 .iter()
@@ -186,7 +190,7 @@ async fn guard<E: Endpoint>(
             ));
         }
     }
-    if path.starts_with("/api/v1/") && !is_webhook && !state.api_keys.is_empty() {
+    if path.starts_with("/api/v1/") && !is_webhook && !state.api_key_digests.is_empty() {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -195,9 +199,8 @@ async fn guard<E: Endpoint>(
             .map(str::trim);
         let allowed = presented.is_some_and(|key| {
             // Compare digests, in constant time, so the keys leak nothing through timing.
-            let key = Sha256::digest(key.as_bytes());
-            state.api_keys.iter().fold(false, |found, known| {
-                let known = Sha256::digest(known.expose().as_bytes());
+            let key = digest(key);
+            state.api_key_digests.iter().fold(false, |found, known| {
                 let diff = key
                     .iter()
                     .zip(known.iter())
@@ -214,6 +217,12 @@ async fn guard<E: Endpoint>(
     }
     req.set_body(body);
     next.call(req).await.map(poem::IntoResponse::into_response)
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&Sha256::digest(key.as_bytes()));
+    out
 }
 
 fn refuse(code: &str, message: &str) -> Response {
