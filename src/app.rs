@@ -137,11 +137,7 @@ pub fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
         config.provider_timeout,
     )
     .context("building the provider client")?;
-    Ok(Worker {
-        pool,
-        provider,
-        settings: Arc::new(settings),
-    })
+    Ok(Worker::new(pool, provider, settings))
 }
 
 /// `serve`, `api`, `worker`: runs the chosen parts until SIGTERM or SIGINT, then lets each

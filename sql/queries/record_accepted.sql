@@ -1,33 +1,43 @@
--- Records the provider's 2xx for attempt $2 of call $1, with its callId $3 (may be NULL):
--- the attempt becomes ACCEPTED (unless a webhook already settled it) and learns its id, the
--- call learns it too if this is its current attempt, and the timeline says so. One
--- statement: the call row is locked first (the `call` CTE is read before any attempt row is
--- touched), like every other writer does. Returns the number of attempts updated (0 or 1).
-WITH call AS MATERIALIZED (
-    SELECT id, attempts FROM calls WHERE id = $1 FOR UPDATE
+-- Records the provider's 2xx for attempts: attempt $2[i] of call $1[i], with its callId
+-- $3[i] (may be NULL). Each attempt becomes ACCEPTED (unless a webhook already settled it)
+-- and learns its id, the call learns it too if this is its current attempt, and the
+-- timeline says so. One statement for any number of answers (the dispatcher gathers the
+-- answers that arrive together). The call rows are locked first, in id order (the `call`
+-- CTE is read before any attempt row is touched), like every other writer does, so two
+-- such statements never deadlock. Returns the number of attempts updated.
+WITH input AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::int[], $3::text[]) AS i (call_id, attempt, provider_call_id)
+),
+call AS MATERIALIZED (
+    SELECT id, attempts FROM calls
+    WHERE id IN (SELECT call_id FROM input)
+    ORDER BY id
+    FOR UPDATE
 ),
 attempt AS (
     UPDATE call_attempts a
-    SET provider_call_id = COALESCE(a.provider_call_id, $3),
+    SET provider_call_id = COALESCE(a.provider_call_id, i.provider_call_id),
         status = CASE WHEN a.status = 'DIALING' THEN 'ACCEPTED' ELSE a.status END,
         accepted_at = COALESCE(a.accepted_at, now())
-    FROM call
-    WHERE a.call_id = call.id AND a.attempt = $2 AND a.status <> 'RATE_LIMITED'
-    RETURNING a.id
+    FROM input i JOIN call ON call.id = i.call_id
+    WHERE a.call_id = i.call_id AND a.attempt = i.attempt AND a.status <> 'RATE_LIMITED'
+    RETURNING a.call_id, a.attempt
 ),
 current AS (
     UPDATE calls c
-    SET external_call_id = $3, updated_at = now()
-    FROM call
-    WHERE c.id = call.id
-      AND call.attempts = $2
+    SET external_call_id = i.provider_call_id, updated_at = now()
+    FROM input i JOIN call ON call.id = i.call_id
+    WHERE c.id = i.call_id
+      AND call.attempts = i.attempt
       AND c.external_call_id IS NULL
-      AND $3::text IS NOT NULL
-      AND EXISTS (SELECT 1 FROM attempt)
+      AND i.provider_call_id IS NOT NULL
+      AND EXISTS (SELECT 1 FROM attempt WHERE attempt.call_id = i.call_id AND attempt.attempt = i.attempt)
 ),
 events AS (
     INSERT INTO call_events (call_id, attempt, kind, detail)
-    SELECT $1, $2, 'ACCEPTED', jsonb_build_object('providerCallId', $3::text)
-    FROM attempt
+    SELECT i.call_id, i.attempt, 'ACCEPTED', jsonb_build_object('providerCallId', i.provider_call_id)
+    FROM input i
+    WHERE EXISTS (SELECT 1 FROM attempt WHERE attempt.call_id = i.call_id AND attempt.attempt = i.attempt)
 )
 SELECT count(*) FROM attempt

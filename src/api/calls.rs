@@ -112,9 +112,16 @@ impl CallsApi {
             }
             None => None,
         };
-        let outcome = db::create_call(&self.state.pool, &call, idempotency)
-            .await
-            .map_err(|err| ApiError::from_db(err, call.id))?;
+        let id = call.id;
+        let outcome = match idempotency {
+            // Creates that arrive together are stored together (group commit).
+            None => match self.state.creates.submit(fastrand::u64(..), call).await {
+                Ok(created) => created.map(CreateOutcome::Created),
+                Err(lost) => return Err(ApiError::internal(&lost)),
+            },
+            Some(_) => db::create_call(&self.state.pool, &call, idempotency).await,
+        }
+        .map_err(|err| ApiError::from_db(err, id))?;
         Ok(match outcome {
             CreateOutcome::Created(call) => {
                 self.state.wakeup.wake();

@@ -46,14 +46,38 @@ pub struct ApiState {
     pub webhook_verifiers: Vec<standardwebhooks::Webhook>,
     /// Tells the dispatchers about new calls.
     pub wakeup: crate::db::Wakeup,
+    /// Stores creates (without an Idempotency-Key) that arrive together in one statement.
+    pub creates: crate::db::CreateBatcher,
+    /// Applies webhooks that arrive together in one transaction.
+    pub webhooks: crate::db::WebhookBatcher,
 }
 
 impl ApiState {
     pub fn new(config: &Config, pool: PgPool) -> Self {
         crate::metrics::handle();
         let settings = WorkerSettings::from_config(config);
+        let policy = settings.policy;
+        let batch_pool = pool.clone();
+        // Up to four lanes, each holding one connection while it writes.
+        let lanes = (config.db_max_connections as usize / 3).clamp(1, 4);
+        let webhooks = crate::db::Batcher::start(lanes, 64, move |updates| {
+            let pool = batch_pool.clone();
+            async move {
+                crate::db::apply_webhooks(&pool, &updates, |attempt| {
+                    policy.after_failure(attempt as u32, None, fastrand::f64())
+                })
+                .await
+            }
+        });
+        let batch_pool = pool.clone();
+        let creates = crate::db::Batcher::start(lanes, 128, move |calls| {
+            let pool = batch_pool.clone();
+            async move { crate::db::create_each(&pool, &calls).await }
+        });
         Self {
             wakeup: crate::db::Wakeup::spawn(pool.clone()),
+            creates,
+            webhooks,
             pool,
             max_concurrent_calls: config.max_concurrent_calls,
             policy: settings.policy,

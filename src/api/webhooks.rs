@@ -7,7 +7,7 @@ use poem_openapi::{Enum, Object, OpenApi, param::Query, payload::Json};
 use uuid::Uuid;
 
 use super::{ApiState, ApiTags, error::ApiError};
-use crate::db::{self, DbError, ProviderStatus, WebhookEffect, WebhookUpdate};
+use crate::db::{self, DbError, ProviderStatus, WebhookEffect, WebhookOutcome, WebhookUpdate};
 
 /// A call's status as the provider reports it.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,13 +178,21 @@ impl WebhooksApi {
         let update = parse_reference(reference.0.as_deref())
             .and_then(|reference| validate(body.0, reference))
             .inspect_err(|_| crate::metrics::webhook("invalid"))?;
-        let policy = self.state.policy;
-        let effect = db::apply_webhook(&self.state.pool, &update, |attempt| {
-            let decision = policy.after_failure(attempt as u32, None, fastrand::f64());
-            crate::metrics::retry_decided(decision);
-            decision
-        })
-        .await;
+        let (provider_call_id, status) = (update.provider_call_id.clone(), update.status);
+        let applied = self
+            .state
+            .webhooks
+            .submit(db::key_of(&provider_call_id), update)
+            .await
+            .map_err(|lost| ApiError::internal(&lost))?;
+        if let Ok(WebhookOutcome {
+            retry: Some(decision),
+            ..
+        }) = &applied
+        {
+            crate::metrics::retry_decided(*decision);
+        }
+        let effect = applied.map(|outcome| outcome.effect);
         crate::metrics::webhook(match &effect {
             Ok(WebhookEffect::Applied) => "applied",
             Ok(WebhookEffect::Duplicate) => "duplicate",
@@ -193,7 +201,7 @@ impl WebhooksApi {
         });
         match effect {
             Ok(effect) => {
-                tracing::info!(provider_call_id = %update.provider_call_id, status = update.status.as_str(), ?effect, "webhook");
+                tracing::info!(%provider_call_id, status = status.as_str(), ?effect, "webhook");
                 Ok(Json(WebhookAckEnvelope {
                     success: true,
                     data: WebhookAck {
@@ -203,10 +211,7 @@ impl WebhooksApi {
             }
             Err(DbError::NotFound) => Err(ApiError::NotFound(super::error::envelope(
                 "UNKNOWN_CALL_ID",
-                format!(
-                    "no attempt of any call has the provider id `{}`",
-                    update.provider_call_id
-                ),
+                format!("no attempt of any call has the provider id `{provider_call_id}`"),
                 Vec::new(),
             ))),
             Err(err) => Err(err.into()),

@@ -146,6 +146,37 @@ pub async fn create_calls(pool: &PgPool, calls: &[NewCall]) -> Result<Vec<Call>,
     Ok(insert_calls(pool, calls).await?)
 }
 
+/// Stores calls that arrived together in one statement (group commit), in the order
+/// given; one result each. Should the shared statement fail, each call is stored on its
+/// own, so one call's trouble is never another's.
+pub async fn create_each(pool: &PgPool, calls: &[NewCall]) -> Vec<Result<Call, DbError>> {
+    if calls.len() > 1 {
+        match insert_calls(pool, calls).await {
+            Ok(created) => {
+                let mut by_id: std::collections::HashMap<Uuid, Call> =
+                    created.into_iter().map(|call| (call.id, call)).collect();
+                return calls
+                    .iter()
+                    .map(|call| by_id.remove(&call.id).ok_or(DbError::NotFound))
+                    .collect();
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, calls = calls.len(), "a batch of creates failed; storing them one by one");
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        results.push(
+            insert_calls(pool, std::slice::from_ref(call))
+                .await
+                .map_err(DbError::from)
+                .and_then(|mut created| created.pop().ok_or(DbError::NotFound)),
+        );
+    }
+    results
+}
+
 /// Stores one call, honouring an `Idempotency-Key` (with the hash of the request it came
 /// with) when given.
 pub async fn create_call(

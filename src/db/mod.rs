@@ -1,5 +1,6 @@
 //! PostgreSQL access: one small documented function per query; rows become domain types here.
 
+mod batch;
 mod calls;
 mod dispatch;
 mod events;
@@ -12,17 +13,28 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
     CallFilter, CreateOutcome, NewCall, cancel_call, count_by_status, create_call, create_calls,
-    get_call, list_calls, update_payload,
+    create_each, get_call, list_calls, update_payload,
 };
 pub use dispatch::{
     Claimed, claim, expire_overdue, next_due, purge_idempotency_keys, take_abandoned,
 };
 pub use events::list_events;
 pub use outcomes::{
-    ProviderStatus, WebhookEffect, WebhookUpdate, apply_webhook, record_dial_outcome,
+    Accepted, ProviderStatus, WebhookEffect, WebhookOutcome, WebhookUpdate, apply_webhook,
+    apply_webhooks, record_accepted_each, record_dial_outcome,
 };
+
+/// Dial answers recorded by group commit; see `record_accepted_each`.
+pub type AcceptBatcher = Batcher<Accepted, Result<(), DbError>>;
+
+/// Creates without an Idempotency-Key, stored by group commit; see `create_each`.
+pub type CreateBatcher = Batcher<NewCall, Result<crate::domain::Call, DbError>>;
+
+/// Webhooks applied by group commit; see `apply_webhooks`.
+pub type WebhookBatcher = Batcher<WebhookUpdate, Result<WebhookOutcome, DbError>>;
 
 /// The channel the dispatchers LISTEN on; see the triggers in the migrations.
 pub const WAKEUP_CHANNEL: &str = "call_orchestrator_wakeup";

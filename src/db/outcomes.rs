@@ -3,7 +3,7 @@
 //! never free a slot twice or move a call that has moved on.
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -26,14 +26,15 @@ pub async fn record_dial_outcome(
     rate_limit_delay: impl FnOnce(Option<std::time::Duration>) -> std::time::Duration,
 ) -> Result<(), DbError> {
     if let DialOutcome::Accepted { provider_call_id } = outcome {
-        // The hot path, one statement: see sql/queries/record_accepted.sql.
-        sqlx::query(include_str!("../../sql/queries/record_accepted.sql"))
-            .bind(call_id)
-            .bind(attempt)
-            .bind(provider_call_id.as_deref())
-            .execute(pool)
-            .await?;
-        return Ok(());
+        return record_accepted(
+            pool,
+            &[Accepted {
+                call_id,
+                attempt,
+                provider_call_id: provider_call_id.clone(),
+            }],
+        )
+        .await;
     }
     let mut tx = pool.begin().await?;
     let Some(locked) = lock(&mut tx, call_id, attempt).await? else {
@@ -81,6 +82,54 @@ pub async fn record_dial_outcome(
     settle(&mut tx, call_id, attempt, &locked, outcome, first, call).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// A provider's 2xx to a dial request, to record.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    pub call_id: Uuid,
+    pub attempt: i32,
+    /// The provider's id for the attempt, when it gave one.
+    pub provider_call_id: Option<String>,
+}
+
+/// Records 2xx answers in one statement: see sql/queries/record_accepted.sql.
+pub async fn record_accepted(pool: &PgPool, accepted: &[Accepted]) -> Result<(), DbError> {
+    let call_ids: Vec<Uuid> = accepted.iter().map(|a| a.call_id).collect();
+    let attempts: Vec<i32> = accepted.iter().map(|a| a.attempt).collect();
+    let provider_ids: Vec<Option<&str>> = accepted
+        .iter()
+        .map(|a| a.provider_call_id.as_deref())
+        .collect();
+    sqlx::query(include_str!("../../sql/queries/record_accepted.sql"))
+        .bind(call_ids)
+        .bind(attempts)
+        .bind(provider_ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records 2xx answers together (group commit); one result each. Should the shared
+/// statement fail (say, a provider handing out one callId twice, which its unique index
+/// refuses), each answer is recorded on its own, so only the offending one fails.
+pub async fn record_accepted_each(
+    pool: &PgPool,
+    accepted: &[Accepted],
+) -> Vec<Result<(), DbError>> {
+    if accepted.len() > 1 {
+        match record_accepted(pool, accepted).await {
+            Ok(()) => return accepted.iter().map(|_| Ok(())).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, answers = accepted.len(), "recording a batch of dial answers failed; recording them one by one");
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(accepted.len());
+    for one in accepted {
+        results.push(record_accepted(pool, std::slice::from_ref(one)).await);
+    }
+    results
 }
 
 /// A provider status, as webhooks report it.
@@ -138,14 +187,73 @@ pub enum WebhookEffect {
     Duplicate,
 }
 
+/// What applying a webhook came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookOutcome {
+    pub effect: WebhookEffect,
+    /// The retry decision taken for a failed attempt, if one was.
+    pub retry: Option<RetryDecision>,
+}
+
 /// Applies a webhook to the attempt it names. `NotFound` when no attempt matches.
 /// `decide` gives the retry decision after the failure of the given attempt number.
 pub async fn apply_webhook(
     pool: &PgPool,
     update: &WebhookUpdate,
-    decide: impl FnOnce(i32) -> RetryDecision,
-) -> Result<WebhookEffect, DbError> {
+    decide: impl Fn(i32) -> RetryDecision,
+) -> Result<WebhookOutcome, DbError> {
     let mut tx = pool.begin().await?;
+    let applied = apply_in(&mut tx, update, &decide).await?;
+    tx.commit().await?;
+    applied.ok_or(DbError::NotFound)
+}
+
+/// Applies webhooks in one transaction (group commit), in the order given; one result
+/// each, as `apply_webhook` would give it. Should the shared transaction fail (a lock
+/// timeout, a deadlock with another replica, the database going away), each webhook is
+/// applied again on its own, so one webhook's trouble is never another's.
+pub async fn apply_webhooks(
+    pool: &PgPool,
+    updates: &[WebhookUpdate],
+    decide: impl Fn(i32) -> RetryDecision,
+) -> Vec<Result<WebhookOutcome, DbError>> {
+    if updates.len() > 1 {
+        let together = async {
+            let mut tx = pool.begin().await?;
+            let mut applied = Vec::with_capacity(updates.len());
+            for update in updates {
+                applied.push(apply_in(&mut tx, update, &decide).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(applied)
+        };
+        match together.await {
+            Ok(applied) => {
+                return applied
+                    .into_iter()
+                    .map(|a| a.ok_or(DbError::NotFound))
+                    .collect();
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, webhooks = updates.len(), "a batch of webhooks failed; applying them one by one");
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(updates.len());
+    for update in updates {
+        results.push(apply_webhook(pool, update, &decide).await);
+    }
+    results
+}
+
+/// Applies one webhook inside `tx`; `None` when no attempt matches it, in which case
+/// nothing was written. Writes nothing either for a duplicate, so webhooks can share a
+/// transaction.
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    update: &WebhookUpdate,
+    decide: &impl Fn(i32) -> RetryDecision,
+) -> Result<Option<WebhookOutcome>, sqlx::Error> {
     // Found by its id, the attempt's call is locked in the same statement.
     let by_id: Option<(Uuid, i32)> = sqlx::query_as(
         "SELECT c.id, a.attempt FROM call_attempts a JOIN calls c ON c.id = a.call_id
@@ -153,60 +261,66 @@ pub async fn apply_webhook(
          FOR UPDATE OF c",
     )
     .bind(&update.provider_call_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
     let (call_id, attempt) = match (by_id, update.reference) {
         (Some(found), _) => found,
         // Not known by its id (yet): the reference may name an attempt still waiting for
         // the provider's answer, which then learns its id from this webhook.
         (None, Some(reference)) => reference,
-        (None, None) => return Err(DbError::NotFound),
+        (None, None) => return Ok(None),
     };
-    let Some(locked) = lock(&mut tx, call_id, attempt).await? else {
-        return Err(DbError::NotFound);
+    let Some(locked) = lock(tx, call_id, attempt).await? else {
+        return Ok(None);
     };
-    match &locked.provider_call_id {
-        Some(known) if *known != update.provider_call_id => return Err(DbError::NotFound),
-        Some(_) => {}
-        None => {
-            set_provider_call_id(&mut tx, call_id, attempt, &locked, &update.provider_call_id)
-                .await?
-        }
+    if matches!(&locked.provider_call_id, Some(known) if *known != update.provider_call_id) {
+        return Ok(None);
     }
     let current = locked.is_current(attempt);
     let status = update.status;
-    let received = json!({"status": status.as_str(), "body": update.body});
     let open = locked.attempt_is_open() || locked.attempt_status == "EXPIRED";
     if status.is_final() && !open && current {
         // The outcome of this attempt is already recorded: a repeat changes nothing.
-        tx.rollback().await?;
-        return Ok(WebhookEffect::Duplicate);
+        return Ok(Some(WebhookOutcome {
+            effect: WebhookEffect::Duplicate,
+            retry: None,
+        }));
     }
+    set_provider_call_id(tx, call_id, attempt, &locked, &update.provider_call_id).await?;
+    let received = json!({"status": status.as_str(), "body": update.body});
+    let applied = Some(WebhookOutcome {
+        effect: WebhookEffect::Applied,
+        retry: None,
+    });
     if !status.is_final() || !open {
         // Progress, or a late final webhook for an earlier attempt: the timeline only.
-        event(&mut tx, call_id, attempt, "WEBHOOK_RECEIVED", received).await?;
+        event(tx, call_id, attempt, "WEBHOOK_RECEIVED", received).await?;
         if locked.attempt_status == "DIALING" {
             // The provider clearly holds the call: no need to rescue the attempt.
             sqlx::query(
                 "UPDATE call_attempts SET status = 'ACCEPTED', accepted_at = now() WHERE id = $1",
             )
             .bind(locked.attempt_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
-        return Ok(WebhookEffect::Applied);
+        return Ok(applied);
     }
     let completed = status == ProviderStatus::Completed;
     let reason = match &update.reason {
         Some(reason) => format!("{}: {reason}", status.as_str()),
         None => status.as_str().to_owned(),
     };
+    let mut retry = None;
     let call = match (current, locked.call_status, completed) {
         (true, CallStatus::InProgress | CallStatus::Expired, true) => CallMove::Complete {
             duration_sec: update.duration_sec,
         },
-        (true, CallStatus::InProgress, false) => CallMove::after_failure(&reason, decide(attempt)),
+        (true, CallStatus::InProgress, false) => {
+            let decision = decide(attempt);
+            retry = Some(decision);
+            CallMove::after_failure(&reason, decision)
+        }
         // The real outcome of an expired call: recorded, never retried.
         (true, CallStatus::Expired, false) => CallMove::Fail { reason: &reason },
         _ => CallMove::Stay,
@@ -217,7 +331,7 @@ pub async fn apply_webhook(
         ("FAILED", Some(reason.as_str()))
     };
     settle(
-        &mut tx,
+        tx,
         call_id,
         attempt,
         &locked,
@@ -226,6 +340,8 @@ pub async fn apply_webhook(
         call,
     )
     .await?;
-    tx.commit().await?;
-    Ok(WebhookEffect::Applied)
+    Ok(Some(WebhookOutcome {
+        effect: WebhookEffect::Applied,
+        retry,
+    }))
 }

@@ -67,7 +67,7 @@ impl Dispatcher {
         for one in claimed {
             let worker = self.worker.clone();
             tasks.spawn(async move {
-                dial_and_record(&worker.pool, &worker.provider, &worker.settings, one).await;
+                dial_and_record(&worker, one).await;
             });
         }
     }

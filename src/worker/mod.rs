@@ -71,12 +71,8 @@ impl WorkerSettings {
 /// Dials a claimed attempt and records the answer; shared by the dispatcher and the
 /// sweeper's rescue.
 #[tracing::instrument(skip_all, fields(call_id = %claimed.call.id, attempt = claimed.attempt))]
-pub(crate) async fn dial_and_record(
-    pool: &PgPool,
-    provider: &HttpProvider,
-    settings: &WorkerSettings,
-    claimed: Claimed,
-) {
+pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
+    let (pool, provider, settings) = (&worker.pool, &worker.provider, &*worker.settings);
     let request = DialRequest {
         call_id: claimed.call.id,
         attempt: claimed.attempt,
@@ -107,22 +103,39 @@ pub(crate) async fn dial_and_record(
     let deadline = tokio::time::Instant::now() + settings.lease() / 2;
     let mut pause = Duration::from_millis(100);
     loop {
-        let result = db::record_dial_outcome(
-            pool,
-            claimed.call.id,
-            claimed.attempt,
-            &outcome,
-            |hint| {
-                let decision =
-                    settings
-                        .policy
-                        .after_failure(claimed.attempt as u32, hint, fastrand::f64());
-                crate::metrics::retry_decided(decision);
-                decision
-            },
-            |hint| settings.policy.after_rate_limit(hint, fastrand::f64()),
-        )
-        .await;
+        let result = match &outcome {
+            // The hot path: answers that arrive together are recorded in one statement.
+            DialOutcome::Accepted { provider_call_id } => {
+                let accepted = db::Accepted {
+                    call_id: claimed.call.id,
+                    attempt: claimed.attempt,
+                    provider_call_id: provider_call_id.clone(),
+                };
+                let key = claimed.call.id.as_u64_pair().1;
+                match worker.accepts.submit(key, accepted).await {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(lost) => Err(lost.into()),
+                }
+            }
+            _ => db::record_dial_outcome(
+                pool,
+                claimed.call.id,
+                claimed.attempt,
+                &outcome,
+                |hint| {
+                    let decision = settings.policy.after_failure(
+                        claimed.attempt as u32,
+                        hint,
+                        fastrand::f64(),
+                    );
+                    crate::metrics::retry_decided(decision);
+                    decision
+                },
+                |hint| settings.policy.after_rate_limit(hint, fastrand::f64()),
+            )
+            .await
+            .map_err(anyhow::Error::from),
+        };
         match result {
             Ok(()) => return,
             Err(err) if tokio::time::Instant::now() < deadline => {
@@ -144,4 +157,23 @@ pub struct Worker {
     pub pool: PgPool,
     pub provider: HttpProvider,
     pub settings: Arc<WorkerSettings>,
+    /// Records the provider's 2xx answers that arrive together in one statement.
+    pub accepts: db::AcceptBatcher,
+}
+
+impl Worker {
+    /// Starts the worker's write batching on the current Tokio runtime.
+    pub fn new(pool: PgPool, provider: HttpProvider, settings: WorkerSettings) -> Self {
+        let batch_pool = pool.clone();
+        let accepts = db::Batcher::start(2, 256, move |accepted: Vec<db::Accepted>| {
+            let pool = batch_pool.clone();
+            async move { db::record_accepted_each(&pool, &accepted).await }
+        });
+        Self {
+            pool,
+            provider,
+            settings: Arc::new(settings),
+            accepts,
+        }
+    }
 }

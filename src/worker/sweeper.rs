@@ -38,7 +38,7 @@ impl Sweeper {
         crate::metrics::rescued(rescued);
         let dials = abandoned.into_iter().map(|claimed| {
             tracing::warn!(call_id = %claimed.call.id, attempt = claimed.attempt, "rescuing an abandoned attempt");
-            dial_and_record(&worker.pool, &worker.provider, &worker.settings, claimed)
+            dial_and_record(worker, claimed)
         });
         futures_util::future::join_all(dials).await;
         Ok(SweepReport {
