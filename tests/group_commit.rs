@@ -288,3 +288,67 @@ async fn concurrent_webhooks_and_their_repeats_settle_each_call_once() {
         "40 concurrent webhooks took {transactions} transactions: none were grouped"
     );
 }
+
+#[tokio::test]
+async fn a_batch_of_webhooks_and_a_batch_of_answers_over_the_same_calls_never_deadlock() {
+    let app = TestApp::spawn().await;
+    // A deadlock would hang both batches for a minute instead of costing one a second.
+    sqlx::query("ALTER SYSTEM SET deadlock_timeout = '60s'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut ids = claimed(&app, 20).await;
+    ids.sort();
+    let answers: Vec<Accepted> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Accepted {
+            call_id: *id,
+            attempt: 1,
+            provider_call_id: Some(format!("prov-{i}")),
+        })
+        .collect();
+    // The webhooks come in the opposite order; each finds its call by the reference, as
+    // an early one does.
+    let webhooks: Vec<WebhookUpdate> = ids
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, id)| {
+            let mut update = webhook(&format!("prov-{i}"), ProviderStatus::Completed);
+            update.reference = Some((*id, 1));
+            update
+        })
+        .collect();
+
+    // Hold the middle call, so the answers lock the lower half and wait for it.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+        .bind(ids[10])
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let pool = app.pool.clone();
+    let answering = tokio::spawn(async move { db::record_accepted_each(&pool, &answers).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pool = app.pool.clone();
+    let applying = tokio::spawn(async move {
+        db::apply_webhooks(&pool, &webhooks, |_| RetryDecision::GiveUp).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.commit().await.unwrap();
+
+    let both = async { (answering.await.unwrap(), applying.await.unwrap()) };
+    let (answered, applied) = tokio::time::timeout(Duration::from_secs(30), both)
+        .await
+        .expect("the two batches deadlocked");
+    assert!(answered.iter().all(Result::is_ok));
+    assert!(applied.iter().all(Result::is_ok));
+    for id in &ids {
+        assert_eq!(app.call(&id.to_string()).await["status"], "COMPLETED");
+    }
+}

@@ -513,7 +513,9 @@ pub async fn lifecycle(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<
         )
         .await?;
         wait_all_final(&pool, args.lifecycle_calls, Duration::from_secs(1800)).await?;
-        rates.push(f64::from(args.lifecycle_calls) / started.elapsed().as_secs_f64());
+        let rate = f64::from(args.lifecycle_calls) / started.elapsed().as_secs_f64();
+        eprintln!("bench: lifecycle run {}: {rate:.0} calls/s", run + 1);
+        rates.push(rate);
         peak.push(service.memory_mb().1);
         drop(service);
         sim.stop();

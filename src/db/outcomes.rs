@@ -102,6 +102,9 @@ pub async fn record_accepted(pool: &PgPool, accepted: &[Accepted]) -> Result<(),
         .map(|a| a.provider_call_id.as_deref())
         .collect();
     sqlx::query(include_str!("../../sql/queries/record_accepted.sql"))
+        // Planned for each batch, with its real size: a plan cached while the tables were
+        // small (a fresh database) would keep scanning call_attempts whole as it grows.
+        .persistent(false)
         .bind(call_ids)
         .bind(attempts)
         .bind(provider_ids)
@@ -220,6 +223,7 @@ pub async fn apply_webhooks(
     if updates.len() > 1 {
         let together = async {
             let mut tx = pool.begin().await?;
+            lock_calls_in_order(&mut tx, updates).await?;
             let mut applied = Vec::with_capacity(updates.len());
             for update in updates {
                 applied.push(apply_in(&mut tx, update, &decide).await?);
@@ -244,6 +248,36 @@ pub async fn apply_webhooks(
         results.push(apply_webhook(pool, update, &decide).await);
     }
     results
+}
+
+/// Locks the calls that `updates` name, in id order, before any of them is applied: the
+/// webhooks of one batch name several calls, and a batch that locked them in its arrival
+/// order could deadlock with the dispatcher's batch of 2xx answers, which locks its calls
+/// in id order too (sql/queries/record_accepted.sql).
+async fn lock_calls_in_order(
+    tx: &mut Transaction<'_, Postgres>,
+    updates: &[WebhookUpdate],
+) -> Result<(), sqlx::Error> {
+    let provider_ids: Vec<&str> = updates
+        .iter()
+        .map(|u| u.provider_call_id.as_str())
+        .collect();
+    let references: Vec<Uuid> = updates
+        .iter()
+        .filter_map(|u| u.reference.map(|(call_id, _)| call_id))
+        .collect();
+    sqlx::query(
+        // An array, not `IN (…) OR …`, which the planner would answer with a scan of calls.
+        "SELECT id FROM calls
+         WHERE id = ANY (ARRAY(SELECT call_id FROM call_attempts WHERE provider_call_id = ANY($1)) || $2)
+         ORDER BY id
+         FOR UPDATE",
+    )
+    .bind(provider_ids)
+    .bind(references)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Applies one webhook inside `tx`; `None` when no attempt matches it, in which case
