@@ -177,6 +177,12 @@ pub async fn run_parts(
             provider = config.ai_call_api_url.as_deref().unwrap_or_default(),
             "dispatcher and sweeper running"
         );
+        let token = shutdown.clone();
+        let upkeep_pool = worker.pool.clone();
+        parts.spawn(async move {
+            crate::worker::keep_queue_lean(upkeep_pool, token).await;
+            Ok(())
+        });
         let dispatcher = Dispatcher::new(worker.clone());
         let sweeper = Sweeper::new(worker);
         let token = shutdown.clone();

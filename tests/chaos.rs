@@ -368,6 +368,14 @@ async fn check(cluster: &Cluster, calls: usize, drain: Duration, wall: Duration)
     .await
     .unwrap();
     assert_eq!(dialing, 0, "attempts still open with no call in progress");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM call_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued, 0,
+        "call_queue still holds calls that have all ended"
+    );
     pool.close().await;
     Figures {
         calls,

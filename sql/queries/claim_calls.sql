@@ -10,29 +10,40 @@
 -- previous holder's commit is visible, and this statement's snapshot is taken after the
 -- lock was granted, so it sees every earlier claim. Concurrent releases (webhooks, expiry)
 -- can only lower the count, which makes the check err towards admitting fewer, never more.
+-- The count is taken from call_queue, which the triggers on `calls` keep in step within the
+-- same transactions, so it is the count of calls IN_PROGRESS.
 WITH capacity AS (
     SELECT greatest($1 - count(*), 0) AS free
-    FROM calls
+    FROM call_queue
     WHERE status = 'IN_PROGRESS'
 ),
 wanted AS (
     SELECT least($2, free) AS n FROM capacity
 ),
--- The CTE keeps the planner from locking more rows than the LIMIT; SKIP LOCKED passes over
--- calls a PATCH or cancel is holding. Numbers already in progress are skipped, so a busy
--- number never stalls the calls queued behind it.
+-- Walks the small queue table (see the migration that made it), oldest first, skipping
+-- numbers already in progress, so a busy number never stalls the calls queued behind it.
+-- One table and no join, so no misjudged row count (a table not yet analyzed) can turn it
+-- into a scan of one table per row of the other.
+queued AS MATERIALIZED (
+    SELECT q.call_id
+    FROM call_queue q
+    WHERE q.status = 'PENDING'
+      AND q.due_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM call_queue busy
+          WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
+      )
+    ORDER BY q.seq
+    LIMIT (SELECT n * 2 FROM wanted)
+),
+-- Then locks the call rows themselves, by key, and re-checks them: `calls` is the truth.
+-- SKIP LOCKED passes over calls a PATCH or cancel is holding.
 candidates AS MATERIALIZED (
     SELECT c.id, c.to_number, c.seq, c.next_attempt_at
     FROM calls c
-    WHERE c.status = 'PENDING'
-      AND c.next_attempt_at <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM calls busy
-          WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = c.to_number
-      )
-    ORDER BY c.seq
-    LIMIT (SELECT n * 2 FROM wanted)
-    FOR UPDATE OF c SKIP LOCKED
+    WHERE c.id = ANY (ARRAY(SELECT call_id FROM queued))
+      AND c.status = 'PENDING'
+    FOR UPDATE SKIP LOCKED
 ),
 chosen AS (
     SELECT id, seq, next_attempt_at AS due_at

@@ -56,10 +56,6 @@ pub struct BenchArgs {
     /// PENDING rows (and as many final ones) for the deep-queue claim, and calls of churn.
     #[arg(long, default_value_t = 1_000_000)]
     pub claim_rows: u32,
-    /// How long to wait, after the churn, for autovacuum to visit the calls table before the
-    /// last claim measurement (0: do not wait).
-    #[arg(long, default_value_t = 300)]
-    pub autovacuum_wait: u64,
     /// Also write the report to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,

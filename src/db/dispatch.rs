@@ -88,10 +88,53 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// When the earliest `PENDING` call falls due, if any is pending.
 pub async fn next_due(pool: &PgPool) -> Result<Option<chrono::DateTime<chrono::Utc>>, DbError> {
     Ok(
-        sqlx::query_scalar("SELECT min(next_attempt_at) FROM calls WHERE status = 'PENDING'")
+        sqlx::query_scalar("SELECT min(due_at) FROM call_queue WHERE status = 'PENDING'")
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// What `queue_upkeep` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueUpkeep {
+    pub vacuumed: bool,
+    pub analyzed: bool,
+}
+
+/// Keeps `call_queue` lean and its statistics true, which autovacuum, waking once a minute,
+/// cannot do for a table that goes from empty to a million rows and back in minutes:
+/// - vacuums it once dead rows have piled up (at least 1,000, and at least 2 % of its live
+///   rows), so the claim never walks far over the dead index entries that every claim and
+///   every ended call leave behind. Cheap: the table holds open calls only.
+/// - analyzes it once a tenth of it changed, so the planner keeps walking the queue in
+///   order instead of sorting all of it, which it would do believing the table tiny.
+///
+/// Every replica's workers call it every second; `SKIP_LOCKED` lets one vacuum while the
+/// others skip.
+pub async fn queue_upkeep(pool: &PgPool) -> Result<QueueUpkeep, DbError> {
+    let counts: Option<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT n_dead_tup, n_live_tup, n_mod_since_analyze FROM pg_stat_user_tables
+         WHERE relid = 'call_queue'::regclass",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let (dead, live, modified) = counts.unwrap_or_default();
+    let mut done = QueueUpkeep::default();
+    if dead >= (live / 50).max(1000) {
+        // INDEX_CLEANUP ON: the dead index entries are the point, and VACUUM would
+        // otherwise leave them when few heap pages hold dead rows.
+        sqlx::raw_sql("VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) call_queue")
+            .execute(pool)
+            .await?;
+        done.vacuumed = true;
+    }
+    if modified >= (live / 10).max(500) {
+        sqlx::raw_sql("ANALYZE (SKIP_LOCKED) call_queue")
+            .execute(pool)
+            .await?;
+        done.analyzed = true;
+    }
+    Ok(done)
 }
 
 /// Expires calls in progress for longer than `timeout`; returns their ids.

@@ -71,3 +71,23 @@ impl Sweeper {
         }
     }
 }
+
+/// How often the workers look at `call_queue`'s dead rows (see `db::queue_upkeep`).
+pub const QUEUE_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps `call_queue` lean and its statistics true until `shutdown` (`db::queue_upkeep`).
+pub async fn keep_queue_lean(pool: sqlx::PgPool, shutdown: CancellationToken) {
+    loop {
+        match db::queue_upkeep(&pool).await {
+            Ok(done) if done != db::QueueUpkeep::default() => {
+                tracing::debug!(?done, "call_queue upkeep")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "call_queue upkeep failed; trying again"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(QUEUE_UPKEEP_INTERVAL) => {}
+        }
+    }
+}

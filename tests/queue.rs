@@ -1,0 +1,199 @@
+//! `call_queue`, the dispatcher's small table of open calls: the triggers on `calls` keep it
+//! equal to the open calls through every kind of change, and the workers' upkeep vacuums it
+//! once dead rows pile up.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use call_orchestrator::db;
+use common::{TestApp, provider::Reply};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+type QueueRow = (
+    i64,
+    uuid::Uuid,
+    String,
+    String,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// The queue holds exactly the PENDING and IN_PROGRESS calls, with their number, status
+/// and due time.
+async fn assert_queue_mirrors_calls(pool: &PgPool, when: &str) {
+    let queue: Vec<QueueRow> = sqlx::query_as(
+        "SELECT seq, call_id, to_number, status::text, due_at FROM call_queue ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let open: Vec<QueueRow> = sqlx::query_as(
+        "SELECT seq, id, to_number, status::text, next_attempt_at FROM calls
+         WHERE status IN ('PENDING', 'IN_PROGRESS') ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(queue, open, "call_queue differs from the open calls {when}");
+}
+
+fn id(call: &Value) -> String {
+    call["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_queue_follows_every_change_of_the_calls() {
+    let (provider, app) =
+        common::with_provider(Duration::from_secs(60), |c| c.max_concurrent_calls = 1).await;
+    let pool = &app.pool;
+    assert_queue_mirrors_calls(pool, "at the start").await;
+
+    let a = app.create_call("+14155550100").await;
+    let (status, body) = app
+        .post(
+            "/api/v1/calls/batch",
+            json!({"calls": [
+                {"to": "+14155550101", "scriptId": "s"},
+                {"to": "+14155550102", "scriptId": "s"},
+                {"to": "+14155550103", "scriptId": "s"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let batch: Vec<Value> = body["data"].as_array().unwrap().clone();
+    let (b, c, d) = (&batch[0], &batch[1], &batch[2]);
+    assert_queue_mirrors_calls(pool, "after the creates").await;
+
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/calls/{}", id(b)),
+            json!({"payload": {"to": "+14155550199"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_queue_mirrors_calls(pool, "after a PATCH of the number").await;
+
+    let (status, body) = app
+        .post(&format!("/api/v1/calls/{}/cancel", id(c)), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_queue_mirrors_calls(pool, "after a cancel").await;
+
+    // One call at a time, oldest first: a is accepted and completed; then b fails (and
+    // waits for its retry) and d is rate limited (and waits too).
+    provider.script([Reply::Accept]);
+    app.dispatcher().await.run_once().await.unwrap();
+    assert_eq!(app.call(&id(&a)).await["status"], "IN_PROGRESS");
+    assert_queue_mirrors_calls(pool, "after a claim").await;
+    let external = app.call(&id(&a)).await["externalCallId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = app
+        .webhook("", json!({"callId": external, "status": "COMPLETED"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_queue_mirrors_calls(pool, "after the final webhook").await;
+
+    provider.script([Reply::Status(503, "{}")]);
+    provider.set_default(Reply::RateLimit(Some(60)));
+    app.dispatcher().await.run_once().await.unwrap();
+    app.dispatcher().await.run_once().await.unwrap();
+    assert_eq!(app.call(&id(b)).await["status"], "PENDING");
+    assert_eq!(app.call(&id(b)).await["attempts"], 1);
+    assert_eq!(app.call(&id(d)).await["status"], "PENDING");
+    assert_eq!(app.call(&id(d)).await["attempts"], 0);
+    assert_queue_mirrors_calls(pool, "after a retry and a 429").await;
+
+    let e = app.create_call("+14155550104").await;
+    provider.script([Reply::Accept]);
+    app.dispatcher().await.run_once().await.unwrap();
+    assert_eq!(app.call(&id(&e)).await["status"], "IN_PROGRESS");
+    let expired = db::expire_overdue(pool, Duration::ZERO).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_queue_mirrors_calls(pool, "after an expiry").await;
+
+    // An operator's own statements.
+    sqlx::query(
+        "UPDATE calls SET status = 'CANCELLED', next_attempt_at = NULL, completed_at = now()
+         WHERE id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&id(d)).unwrap())
+    .execute(pool)
+    .await
+    .unwrap();
+    assert_queue_mirrors_calls(pool, "after an operator's UPDATE").await;
+    sqlx::query("DELETE FROM calls WHERE id = $1")
+        .bind(uuid::Uuid::parse_str(&id(b)).unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_queue_mirrors_calls(pool, "after a DELETE").await;
+    app.create_call("+14155550105").await;
+    sqlx::query("TRUNCATE calls CASCADE")
+        .execute(pool)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM call_queue")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "TRUNCATE calls empties the queue");
+}
+
+async fn vacuumed(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+        "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'call_queue'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .is_some()
+}
+
+#[tokio::test]
+async fn the_upkeep_vacuums_the_queue_once_dead_rows_pile_up() {
+    let app = TestApp::spawn().await;
+    let pool = &app.pool;
+    assert_eq!(
+        db::queue_upkeep(pool).await.unwrap(),
+        db::QueueUpkeep::default(),
+        "nothing to do yet"
+    );
+    assert!(!vacuumed(pool).await);
+
+    // 1,500 calls through the queue: each leaves dead rows behind (claimed, then ended).
+    let calls: Vec<Value> = (0..1500)
+        .map(|i| json!({"to": format!("+1415556{i:04}"), "scriptId": "s"}))
+        .collect();
+    for chunk in calls.chunks(500) {
+        let (status, body) = app
+            .post("/api/v1/calls/batch", json!({"calls": chunk}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let claimed = db::claim(pool, 10_000, 1500, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1500);
+    sqlx::query(
+        "UPDATE calls SET status = 'COMPLETED', completed_at = now() WHERE status = 'IN_PROGRESS'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    assert_queue_mirrors_calls(pool, "after the churn").await;
+
+    // The statistics reach pg_stat_user_tables within a second or so of each transaction.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !db::queue_upkeep(pool).await.unwrap().vacuumed {
+        assert!(
+            Instant::now() < deadline,
+            "the upkeep never vacuumed the churned queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(vacuumed(pool).await);
+}
