@@ -197,3 +197,43 @@ async fn the_upkeep_vacuums_the_queue_once_dead_rows_pile_up() {
     }
     assert!(vacuumed(pool).await);
 }
+
+#[tokio::test]
+async fn the_migration_fills_the_queue_from_the_calls_already_there() {
+    let app = TestApp::spawn().await;
+    sqlx::query("CREATE DATABASE before_the_queue")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let options = (*app.pool.connect_options())
+        .clone()
+        .database("before_the_queue");
+    let pool = PgPool::connect_with(options).await.unwrap();
+    for earlier in [
+        include_str!("../migrations/20261123000001_schema.sql"),
+        include_str!("../migrations/20261124000001_operator_views.sql"),
+    ] {
+        sqlx::raw_sql(earlier).execute(&pool).await.unwrap();
+    }
+    sqlx::raw_sql(
+        "INSERT INTO calls (id, to_number, script_id, status, attempts, next_attempt_at, started_at, completed_at)
+         VALUES (gen_random_uuid(), '+14155550100', 's', 'PENDING', 0, now(), NULL, NULL),
+                (gen_random_uuid(), '+14155550101', 's', 'PENDING', 1, now() + interval '1 hour', now(), NULL),
+                (gen_random_uuid(), '+14155550102', 's', 'IN_PROGRESS', 1, NULL, now(), NULL),
+                (gen_random_uuid(), '+14155550103', 's', 'COMPLETED', 1, NULL, now(), now()),
+                (gen_random_uuid(), '+14155550104', 's', 'CANCELLED', 0, NULL, NULL, now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!("../migrations/20261124000002_call_queue.sql"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM call_queue")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 3);
+    assert_queue_mirrors_calls(&pool, "after the migration").await;
+}
