@@ -52,6 +52,13 @@ pub fn claimed(duration: Duration, calls: usize) {
     counter!("call_orchestrator_claimed_total").increment(calls as u64);
 }
 
+/// One group-commit batch of `items` writes of one kind (`create`, `accepted`, `webhook`):
+/// items / batches is how many writes share a transaction.
+pub fn write_batch(kind: &'static str, items: usize) {
+    counter!("call_orchestrator_write_batches_total", "kind" => kind).increment(1);
+    counter!("call_orchestrator_write_batch_items_total", "kind" => kind).increment(items as u64);
+}
+
 /// One dial request (resends included) and its outcome class.
 pub fn provider_request(outcome: &'static str, duration: Duration) {
     counter!("call_orchestrator_provider_requests_total", "outcome" => outcome).increment(1);

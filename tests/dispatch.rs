@@ -310,6 +310,9 @@ async fn prometheus_metrics_are_exposed() {
         "call_orchestrator_webhooks_total{outcome=\"applied\"}",
         "call_orchestrator_claim_duration_seconds_bucket",
         "call_orchestrator_dispatch_delay_seconds_bucket",
+        "call_orchestrator_write_batches_total{kind=\"create\"}",
+        "call_orchestrator_write_batch_items_total{kind=\"accepted\"}",
+        "call_orchestrator_write_batches_total{kind=\"webhook\"}",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }

@@ -60,7 +60,7 @@ impl ApiState {
         let batch_pool = pool.clone();
         // Up to four lanes, each holding one connection while it writes.
         let lanes = (config.db_max_connections as usize / 3).clamp(1, 4);
-        let webhooks = crate::db::Batcher::start(lanes, 64, move |updates| {
+        let webhooks = crate::db::Batcher::start("webhook", lanes, 64, move |updates| {
             let pool = batch_pool.clone();
             async move {
                 crate::db::apply_webhooks(&pool, &updates, |attempt| {
@@ -70,7 +70,7 @@ impl ApiState {
             }
         });
         let batch_pool = pool.clone();
-        let creates = crate::db::Batcher::start(lanes, 128, move |calls| {
+        let creates = crate::db::Batcher::start("create", lanes, 128, move |calls| {
             let pool = batch_pool.clone();
             async move { crate::db::create_each(&pool, &calls).await }
         });

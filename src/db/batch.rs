@@ -7,7 +7,9 @@
 //! gathers what piled up behind a transaction in flight. Items that must not run in two
 //! transactions at once (two webhooks of one call) share a lane by their key.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc};
+
+use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,7 +48,8 @@ where
 {
     /// Starts `lanes` lanes on the current Tokio runtime. `apply` gets at most
     /// `max_batch` items, in arrival order, and returns one result per item, in order.
-    pub fn start<F, Fut>(lanes: usize, max_batch: usize, apply: F) -> Self
+    /// `kind` names the writes in the metrics.
+    pub fn start<F, Fut>(kind: &'static str, lanes: usize, max_batch: usize, apply: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
@@ -55,7 +58,7 @@ where
         let senders = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(LANE_CAPACITY);
-                tokio::spawn(run_lane(rx, max_batch.max(1), apply.clone()));
+                tokio::spawn(run_lane(kind, rx, max_batch.max(1), apply.clone()));
                 tx
             })
             .collect();
@@ -75,8 +78,12 @@ where
     }
 }
 
-async fn run_lane<I, O, F, Fut>(mut rx: mpsc::Receiver<Job<I, O>>, max_batch: usize, apply: Arc<F>)
-where
+async fn run_lane<I, O, F, Fut>(
+    kind: &'static str,
+    mut rx: mpsc::Receiver<Job<I, O>>,
+    max_batch: usize,
+    apply: Arc<F>,
+) where
     I: Send + 'static,
     O: Send + 'static,
     F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
@@ -86,11 +93,12 @@ where
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
             jobs.drain(..).map(|job| (job.item, job.reply)).unzip();
-        // Its own task, so a panic loses this batch (its callers hear BatchLost), not the lane.
-        let outputs = match tokio::spawn(apply(items)).await {
+        crate::metrics::write_batch(kind, items.len());
+        // A panic loses this batch (its callers hear BatchLost), not the lane.
+        let outputs = match AssertUnwindSafe(apply(items)).catch_unwind().await {
             Ok(outputs) => outputs,
-            Err(err) => {
-                tracing::error!(error = %err, "a write batch failed");
+            Err(_) => {
+                tracing::error!("a write batch panicked");
                 continue;
             }
         };
@@ -118,7 +126,7 @@ mod tests {
     async fn answers_each_caller_with_its_own_result_and_gathers_waiting_items() {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let batcher = Batcher::start(1, 8, move |items: Vec<u32>| {
+        let batcher = Batcher::start("test", 1, 8, move |items: Vec<u32>| {
             let seen = seen.clone();
             async move {
                 seen.lock().unwrap().push(items.len());
@@ -147,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_batch_loses_only_its_items() {
-        let batcher = Batcher::start(1, 4, |items: Vec<u32>| async move {
+        let batcher = Batcher::start("test", 1, 4, |items: Vec<u32>| async move {
             assert!(!items.contains(&13), "unlucky");
             items
         });

@@ -165,7 +165,7 @@ impl Worker {
     /// Starts the worker's write batching on the current Tokio runtime.
     pub fn new(pool: PgPool, provider: HttpProvider, settings: WorkerSettings) -> Self {
         let batch_pool = pool.clone();
-        let accepts = db::Batcher::start(2, 256, move |accepted: Vec<db::Accepted>| {
+        let accepts = db::Batcher::start("accepted", 2, 256, move |accepted: Vec<db::Accepted>| {
             let pool = batch_pool.clone();
             async move { db::record_accepted_each(&pool, &accepted).await }
         });
