@@ -92,19 +92,23 @@ async fn claimed(app: &TestApp, count: usize) -> Vec<Uuid> {
     claimed.into_iter().map(|c| c.call.id).collect()
 }
 
-#[tokio::test]
-async fn dial_answers_are_recorded_together_and_a_repeated_provider_id_fails_alone() {
-    let app = TestApp::spawn().await;
-    let ids = claimed(&app, 12).await;
-    let answers: Vec<Accepted> = ids[..10]
-        .iter()
+/// The provider's 2xx for attempt 1 of each call, with the callIds `prov-0`, `prov-1`, ….
+fn answers(ids: &[Uuid]) -> Vec<Accepted> {
+    ids.iter()
         .enumerate()
         .map(|(i, id)| Accepted {
             call_id: *id,
             attempt: 1,
             provider_call_id: Some(format!("prov-{i}")),
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn dial_answers_are_recorded_together_and_a_repeated_provider_id_fails_alone() {
+    let app = TestApp::spawn().await;
+    let ids = claimed(&app, 12).await;
+    let answers = answers(&ids[..10]);
     let results = db::record_accepted_each(&app.pool, &answers).await;
     assert!(results.iter().all(Result::is_ok));
     for (i, id) in ids[..10].iter().enumerate() {
@@ -160,15 +164,7 @@ fn webhook(provider_call_id: &str, status: ProviderStatus) -> WebhookUpdate {
 async fn webhooks_applied_together_come_to_what_one_by_one_would() {
     let app = TestApp::spawn().await;
     let ids = claimed(&app, 3).await;
-    let answers: Vec<Accepted> = ids[..2]
-        .iter()
-        .enumerate()
-        .map(|(i, id)| Accepted {
-            call_id: *id,
-            attempt: 1,
-            provider_call_id: Some(format!("prov-{i}")),
-        })
-        .collect();
+    let answers = answers(&ids[..2]);
     db::record_accepted_each(&app.pool, &answers).await;
     // The third call's 2xx never came: its webhook finds it by the reference alone.
     let mut early = webhook("prov-early", ProviderStatus::Completed);
@@ -243,15 +239,7 @@ async fn webhooks_applied_together_come_to_what_one_by_one_would() {
 async fn concurrent_webhooks_and_their_repeats_settle_each_call_once() {
     let app = TestApp::spawn().await;
     let ids = claimed(&app, 40).await;
-    let answers: Vec<Accepted> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| Accepted {
-            call_id: *id,
-            attempt: 1,
-            provider_call_id: Some(format!("prov-{i}")),
-        })
-        .collect();
+    let answers = answers(&ids);
     db::record_accepted_each(&app.pool, &answers).await;
     let sends = (0..80).map(|n| {
         let app = &app;
@@ -303,15 +291,7 @@ async fn a_batch_of_webhooks_and_a_batch_of_answers_over_the_same_calls_never_de
         .unwrap();
     let mut ids = claimed(&app, 20).await;
     ids.sort();
-    let answers: Vec<Accepted> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| Accepted {
-            call_id: *id,
-            attempt: 1,
-            provider_call_id: Some(format!("prov-{i}")),
-        })
-        .collect();
+    let answers = answers(&ids);
     // The webhooks come in the opposite order; each finds its call by the reference, as
     // an early one does.
     let webhooks: Vec<WebhookUpdate> = ids
