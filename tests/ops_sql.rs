@@ -90,6 +90,11 @@ async fn every_operator_query_runs_and_explains_the_queue() {
     assert!(due.contains(&same_number) && due.contains(&capped), "{due}");
     let throughput = psql(&app, "throughput.sql", &[]);
     assert!(throughput.contains("(1 row)"), "{throughput}");
+    let upkeep = psql(&app, "queue_upkeep.sql", &[]);
+    assert!(
+        upkeep.contains("open_calls") && upkeep.contains("(1 row)"),
+        "{upkeep}"
+    );
 
     let why = |call: &str| psql(&app, "why_waiting.sql", &[("call_id", call), ("cap", "2")]);
     assert!(why(&busy_b).contains("backoff: due in"), "{}", why(&busy_b));

@@ -237,3 +237,24 @@ async fn the_migration_fills_the_queue_from_the_calls_already_there() {
     assert_eq!(queued, 3);
     assert_queue_mirrors_calls(&pool, "after the migration").await;
 }
+
+#[tokio::test]
+async fn only_a_user_that_may_vacuum_the_queue_looks_after_it() {
+    let app = TestApp::spawn().await;
+    assert!(db::owns_queue(&app.pool).await.unwrap());
+    sqlx::query("CREATE ROLE visitor LOGIN")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let options = (*app.pool.connect_options()).clone().username("visitor");
+    let visitor = PgPool::connect_with(options).await.unwrap();
+    assert!(!db::owns_queue(&visitor).await.unwrap());
+    // The upkeep gives up at once instead of asking for a refused VACUUM every second.
+    let upkeep = call_orchestrator::worker::keep_queue_lean(
+        visitor,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), upkeep)
+        .await
+        .expect("the upkeep of a user that may not vacuum the queue returns");
+}

@@ -137,6 +137,17 @@ pub async fn queue_upkeep(pool: &PgPool) -> Result<QueueUpkeep, DbError> {
     Ok(done)
 }
 
+/// Whether the connected user may vacuum `call_queue` (owns it, or is a superuser).
+pub async fn owns_queue(pool: &PgPool) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT pg_has_role(current_user, relowner, 'USAGE')
+                OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+         FROM pg_class WHERE oid = 'call_queue'::regclass",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Expires calls in progress for longer than `timeout`; returns their ids.
 pub async fn expire_overdue(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid>, DbError> {
     Ok(

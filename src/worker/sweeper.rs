@@ -77,6 +77,18 @@ pub const QUEUE_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Keeps `call_queue` lean and its statistics true until `shutdown` (`db::queue_upkeep`).
 pub async fn keep_queue_lean(pool: sqlx::PgPool, shutdown: CancellationToken) {
+    // Only the table's owner may vacuum it; anyone else would only fill the server's log
+    // with a warning a second. Autovacuum still looks after it then, once a minute.
+    match db::owns_queue(&pool).await {
+        Ok(false) => {
+            tracing::warn!(
+                "the database user does not own call_queue: leaving its upkeep to autovacuum"
+            );
+            return;
+        }
+        Ok(true) => {}
+        Err(err) => tracing::debug!(error = %err, "could not check who owns call_queue"),
+    }
     loop {
         match db::queue_upkeep(&pool).await {
             Ok(done) if done != db::QueueUpkeep::default() => {
