@@ -41,6 +41,7 @@ fn the_bench_command_measures_every_step() {
         "ingest: batch route",
         "refill latency p50",
         "refill latency p99",
+        "refill from the final webhook's send, p50",
         "lifecycle: completed calls",
         "memory: one serve replica, idle",
         "memory: one serve replica, peak under lifecycle",

@@ -64,6 +64,9 @@ pub struct Status {
     pub webhooks_out_of_order: u64,
     /// From a final webhook's 2xx to the next dial request, while calls were waiting.
     pub refill_latency_ms: Latency,
+    /// The same refills measured from the moment the final webhook was sent: the service's
+    /// whole handling of the webhook is inside.
+    pub refill_from_send_ms: Latency,
 }
 
 struct State {
@@ -74,10 +77,11 @@ struct State {
     active: HashMap<String, String>,
     per_number: HashMap<String, usize>,
     status: Status,
-    /// When final webhooks were acknowledged, oldest first, each waiting for the dial that
-    /// refills its slot.
-    acks: VecDeque<Instant>,
+    /// When final webhooks were sent and acknowledged, oldest first, each waiting for the
+    /// dial that refills its slot.
+    acks: VecDeque<(Instant, Instant)>,
     refills: Vec<f64>,
+    refills_from_send: Vec<f64>,
 }
 
 /// A running simulator.
@@ -127,6 +131,7 @@ impl Simulator {
                 status: Status::default(),
                 acks: VecDeque::new(),
                 refills: Vec::new(),
+                refills_from_send: Vec::new(),
             })),
             config: Arc::new(config),
             client: reqwest::Client::builder()
@@ -169,6 +174,7 @@ impl Simulator {
         let mut status = state.status.clone();
         status.active_now = state.active.len();
         status.refill_latency_ms = percentiles(&state.refills);
+        status.refill_from_send_ms = percentiles(&state.refills_from_send);
         status
     }
 
@@ -251,9 +257,11 @@ impl Simulator {
         };
         state.status.peak_per_number = state.status.peak_per_number.max(on_number);
         state.status.peak_active = state.status.peak_active.max(state.active.len());
-        if let Some(acked) = state.acks.pop_front() {
-            let ms = acked.elapsed().as_secs_f64() * 1000.0;
-            state.refills.push(ms);
+        if let Some((sent, acked)) = state.acks.pop_front() {
+            state.refills.push(acked.elapsed().as_secs_f64() * 1000.0);
+            state
+                .refills_from_send
+                .push(sent.elapsed().as_secs_f64() * 1000.0);
         }
         let span = config.max_duration.saturating_sub(config.min_duration);
         let duration = config.min_duration + span.mul_f64(state.rng.f64());
@@ -341,12 +349,13 @@ impl Simulator {
             body["reason"] =
                 format!("simulated {}", outcome.to_lowercase().replace('_', " ")).into();
         }
+        let sent = Instant::now();
         if self.deliver(&url, &body).await && !quirks.late {
             self.state
                 .lock()
                 .expect("simulator state")
                 .acks
-                .push_back(Instant::now());
+                .push_back((sent, Instant::now()));
         }
         if quirks.twice {
             self.state
