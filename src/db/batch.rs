@@ -110,6 +110,36 @@ async fn run_lane<I, O, F, Fut>(
     }
 }
 
+/// Writes `items` with `together` (one statement or transaction for all of them); should
+/// that fail, writes each with `each`, so one item's trouble (a row the database refuses, a
+/// deadlock) is never another's. A lone item goes straight to `each`. `kind` names the
+/// writes in the log.
+pub async fn together_or_each<'a, I, O, E, Together, Each>(
+    kind: &str,
+    items: &'a [I],
+    together: impl FnOnce(&'a [I]) -> Together,
+    each: impl Fn(&'a I) -> Each,
+) -> Vec<O>
+where
+    E: std::fmt::Display,
+    Together: Future<Output = Result<Vec<O>, E>>,
+    Each: Future<Output = O>,
+{
+    if items.len() > 1 {
+        match together(items).await {
+            Ok(outputs) => return outputs,
+            Err(err) => {
+                tracing::warn!(error = %err, kind, items = items.len(), "a write batch failed; writing its items one by one");
+            }
+        }
+    }
+    let mut outputs = Vec::with_capacity(items.len());
+    for item in items {
+        outputs.push(each(item).await);
+    }
+    outputs
+}
+
 /// A stable lane key for a string.
 pub fn key_of(text: &str) -> u64 {
     use std::hash::{Hash, Hasher};

@@ -150,31 +150,30 @@ pub async fn create_calls(pool: &PgPool, calls: &[NewCall]) -> Result<Vec<Call>,
 /// given; one result each. Should the shared statement fail, each call is stored on its
 /// own, so one call's trouble is never another's.
 pub async fn create_each(pool: &PgPool, calls: &[NewCall]) -> Vec<Result<Call, DbError>> {
-    if calls.len() > 1 {
-        match insert_calls(pool, calls).await {
-            Ok(created) => {
-                let mut by_id: std::collections::HashMap<Uuid, Call> =
-                    created.into_iter().map(|call| (call.id, call)).collect();
-                return calls
+    super::batch::together_or_each(
+        "create",
+        calls,
+        |calls| async move {
+            let mut by_id: std::collections::HashMap<Uuid, Call> = insert_calls(pool, calls)
+                .await?
+                .into_iter()
+                .map(|call| (call.id, call))
+                .collect();
+            Ok::<_, sqlx::Error>(
+                calls
                     .iter()
                     .map(|call| by_id.remove(&call.id).ok_or(DbError::NotFound))
-                    .collect();
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, calls = calls.len(), "a batch of creates failed; storing them one by one");
-            }
-        }
-    }
-    let mut results = Vec::with_capacity(calls.len());
-    for call in calls {
-        results.push(
-            insert_calls(pool, std::slice::from_ref(call))
-                .await
-                .map_err(DbError::from)
-                .and_then(|mut created| created.pop().ok_or(DbError::NotFound)),
-        );
-    }
-    results
+                    .collect(),
+            )
+        },
+        |call| create_one(pool, call),
+    )
+    .await
+}
+
+async fn create_one(pool: &PgPool, call: &NewCall) -> Result<Call, DbError> {
+    let mut created = insert_calls(pool, std::slice::from_ref(call)).await?;
+    created.pop().ok_or(DbError::NotFound)
 }
 
 /// Stores one call, honouring an `Idempotency-Key` (with the hash of the request it came
@@ -185,8 +184,7 @@ pub async fn create_call(
     idempotency: Option<(&str, &[u8])>,
 ) -> Result<CreateOutcome, DbError> {
     let Some((key, hash)) = idempotency else {
-        let mut created = insert_calls(pool, std::slice::from_ref(call)).await?;
-        return Ok(CreateOutcome::Created(created.remove(0)));
+        return create_one(pool, call).await.map(CreateOutcome::Created);
     };
     // A key can expire between our failed claim and our look-up; a few rounds settle it.
     for _ in 0..3 {

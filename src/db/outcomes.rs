@@ -120,19 +120,16 @@ pub async fn record_accepted_each(
     pool: &PgPool,
     accepted: &[Accepted],
 ) -> Vec<Result<(), DbError>> {
-    if accepted.len() > 1 {
-        match record_accepted(pool, accepted).await {
-            Ok(()) => return accepted.iter().map(|_| Ok(())).collect(),
-            Err(err) => {
-                tracing::warn!(error = %err, answers = accepted.len(), "recording a batch of dial answers failed; recording them one by one");
-            }
-        }
-    }
-    let mut results = Vec::with_capacity(accepted.len());
-    for one in accepted {
-        results.push(record_accepted(pool, std::slice::from_ref(one)).await);
-    }
-    results
+    super::batch::together_or_each(
+        "accepted",
+        accepted,
+        |all| async move {
+            record_accepted(pool, all).await?;
+            Ok::<_, DbError>(all.iter().map(|_| Ok(())).collect())
+        },
+        |one| record_accepted(pool, std::slice::from_ref(one)),
+    )
+    .await
 }
 
 /// A provider status, as webhooks report it.
@@ -220,34 +217,24 @@ pub async fn apply_webhooks(
     updates: &[WebhookUpdate],
     decide: impl Fn(i32) -> RetryDecision,
 ) -> Vec<Result<WebhookOutcome, DbError>> {
-    if updates.len() > 1 {
-        let together = async {
+    let decide = &decide;
+    super::batch::together_or_each(
+        "webhook",
+        updates,
+        |updates| async move {
             let mut tx = pool.begin().await?;
             lock_calls_in_order(&mut tx, updates).await?;
             let mut applied = Vec::with_capacity(updates.len());
             for update in updates {
-                applied.push(apply_in(&mut tx, update, &decide).await?);
+                let outcome = apply_in(&mut tx, update, decide).await?;
+                applied.push(outcome.ok_or(DbError::NotFound));
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(applied)
-        };
-        match together.await {
-            Ok(applied) => {
-                return applied
-                    .into_iter()
-                    .map(|a| a.ok_or(DbError::NotFound))
-                    .collect();
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, webhooks = updates.len(), "a batch of webhooks failed; applying them one by one");
-            }
-        }
-    }
-    let mut results = Vec::with_capacity(updates.len());
-    for update in updates {
-        results.push(apply_webhook(pool, update, &decide).await);
-    }
-    results
+        },
+        |update| apply_webhook(pool, update, decide),
+    )
+    .await
 }
 
 /// Locks the calls that `updates` name, in id order, before any of them is applied: the
