@@ -1,6 +1,8 @@
 -- The dispatcher's working set in a small table of its own: one row per open call (PENDING
 -- or IN_PROGRESS), kept in step with `calls` by the triggers below, so every writer of
 -- `calls` (the service, an operator's UPDATE, a script) keeps it right without knowing.
+-- What skips triggers (session_replication_role = replica, DISABLE TRIGGER) or writes
+-- call_queue by hand breaks that: sql/ops/queue_drift.sql shows and mends any difference.
 --
 -- Why: each call that leaves PENDING or IN_PROGRESS leaves a dead entry in the indexes
 -- the claim walks, and the claim walks them from the oldest end, so after a burst of
@@ -10,6 +12,11 @@
 -- vacuuming it costs milliseconds, and the workers vacuum it whenever dead rows pile up
 -- (db::queue_upkeep). `calls` stays the source of truth: the claim locks and re-checks the
 -- call row itself.
+
+-- No write to calls may slip between the copy below and the triggers that take over from it
+-- (replicas of the previous version keep running during a rolling deploy): hold writers
+-- off for the length of this migration, which is one pass over the open calls.
+LOCK TABLE calls IN SHARE ROW EXCLUSIVE MODE;
 
 CREATE TABLE call_queue (
     call_id   uuid PRIMARY KEY,
@@ -26,7 +33,10 @@ CREATE TABLE call_queue (
     autovacuum_vacuum_threshold = 1000,
     autovacuum_vacuum_insert_scale_factor = 0,
     autovacuum_vacuum_insert_threshold = 10000,
-    autovacuum_analyze_scale_factor = 0.05
+    autovacuum_analyze_scale_factor = 0.05,
+    -- A vacuum that finds the table's tail empty would otherwise cut it off under an
+    -- exclusive lock, stalling every write to calls (their triggers write here) meanwhile.
+    vacuum_truncate = off
 );
 
 -- The claim walks this, oldest first. The only index in `seq` order, so the planner never
@@ -51,7 +61,11 @@ WHERE status IN ('PENDING', 'IN_PROGRESS');
 DROP INDEX calls_pending_oldest_first;
 DROP INDEX calls_pending_by_due;
 
-CREATE FUNCTION call_queue_added() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Each function keeps the search_path it was created with, so it finds call_queue whatever
+-- the writer's own search_path is. They run with the writer's rights: whoever may write
+-- calls needs the same rights on call_queue (the service owns both: it runs the migrations).
+CREATE FUNCTION call_queue_added() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO call_queue (seq, call_id, to_number, status, due_at)
     SELECT seq, id, to_number, status, next_attempt_at
@@ -65,7 +79,8 @@ CREATE TRIGGER calls_added_to_queue
     AFTER INSERT ON calls REFERENCING NEW TABLE AS added
     FOR EACH STATEMENT EXECUTE FUNCTION call_queue_added();
 
-CREATE FUNCTION call_queue_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION call_queue_removed() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM call_queue WHERE call_id = ANY (ARRAY(SELECT id FROM removed));
     RETURN NULL;
@@ -82,7 +97,8 @@ CREATE TRIGGER calls_removed_from_queue
 -- replicas would wake each other forever; new calls are announced by the API after its
 -- commit, see db::Wakeup). The DELETE goes through an array so that it is always a look-up
 -- by key, whatever the planner guesses of the transition table's size.
-CREATE FUNCTION calls_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION calls_changed() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM call_queue
     WHERE call_id = ANY (ARRAY(
@@ -111,7 +127,8 @@ CREATE TRIGGER calls_changed
     AFTER UPDATE ON calls REFERENCING OLD TABLE AS previous NEW TABLE AS changed
     FOR EACH STATEMENT EXECUTE FUNCTION calls_changed();
 
-CREATE FUNCTION call_queue_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION call_queue_emptied() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     TRUNCATE call_queue;
     RETURN NULL;

@@ -96,6 +96,33 @@ async fn every_operator_query_runs_and_explains_the_queue() {
         "{upkeep}"
     );
 
+    // Drift, made by hand (as a write that skips the triggers would): an open call missing
+    // from call_queue, and a row left there for a call that has ended.
+    assert!(psql(&app, "queue_drift.sql", &[]).contains("(0 rows)"));
+    sqlx::query(
+        "DELETE FROM call_queue WHERE call_id =
+             (SELECT id FROM calls WHERE status = 'PENDING' ORDER BY seq LIMIT 1)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO call_queue (call_id, seq, to_number, status, due_at)
+         SELECT id, seq, to_number, 'PENDING', now() FROM calls WHERE status = 'COMPLETED' LIMIT 1",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let drift = psql(&app, "queue_drift.sql", &[]);
+    assert!(
+        drift.contains("missing from call_queue")
+            && drift.contains("stale in call_queue")
+            && drift.contains("(2 rows)"),
+        "{drift}"
+    );
+    let mended = psql(&app, "queue_drift.sql", &[("mend", "1")]);
+    assert!(mended.contains("(0 rows)"), "{mended}");
+
     let why = |call: &str| psql(&app, "why_waiting.sql", &[("call_id", call), ("cap", "2")]);
     assert!(why(&busy_b).contains("backoff: due in"), "{}", why(&busy_b));
     assert!(

@@ -258,3 +258,63 @@ async fn only_a_user_that_may_vacuum_the_queue_looks_after_it() {
         .await
         .expect("the upkeep of a user that may not vacuum the queue returns");
 }
+
+#[tokio::test]
+async fn calls_held_by_a_patch_or_cancel_do_not_keep_the_claim_from_later_ones() {
+    let app = TestApp::spawn().await;
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        calls.push(app.create_call(&format!("+1415555010{i}")).await);
+    }
+    let mut ids: Vec<(i64, uuid::Uuid)> = sqlx::query_as("SELECT seq, id FROM calls ORDER BY seq")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), calls.len());
+    let last = ids.pop().unwrap().1;
+    // The two oldest are locked, as a PATCH or a cancel would hold them.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM calls WHERE id = ANY($1) FOR UPDATE")
+        .bind(ids.iter().map(|(_, id)| *id).collect::<Vec<_>>())
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let claimed = db::claim(&app.pool, 1, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.call.id).collect::<Vec<_>>(),
+        [last],
+        "the one slot goes to the first call nobody holds"
+    );
+    holder.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_writer_with_another_search_path_still_keeps_the_queue() {
+    let app = TestApp::spawn().await;
+    let call = app.create_call("+14155550100").await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("SET search_path = pg_catalog")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {schema}.calls SET status = 'CANCELLED', next_attempt_at = NULL, completed_at = now()
+         WHERE id = $1"
+    ))
+    .bind(uuid::Uuid::parse_str(&id(&call)).unwrap())
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_queue_mirrors_calls(&app.pool, "after a write under another search_path").await;
+}

@@ -23,7 +23,8 @@ wanted AS (
 -- Walks the small queue table (see the migration that made it), oldest first, skipping
 -- numbers already in progress, so a busy number never stalls the calls queued behind it.
 -- One table and no join, so no misjudged row count (a table not yet analyzed) can turn it
--- into a scan of one table per row of the other.
+-- into a scan of one table per row of the other. It takes more than it needs: some of these
+-- calls may be locked (a PATCH, a cancel) and are passed over below.
 queued AS MATERIALIZED (
     SELECT q.call_id
     FROM call_queue q
@@ -34,16 +35,24 @@ queued AS MATERIALIZED (
           WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
       )
     ORDER BY q.seq
-    LIMIT (SELECT n * 2 FROM wanted)
+    LIMIT (SELECT n * 4 + 16 FROM wanted)
 ),
--- Then locks the call rows themselves, by key, and re-checks them: `calls` is the truth.
--- SKIP LOCKED passes over calls a PATCH or cancel is holding.
+-- Then locks the call rows themselves, by key, and re-checks them as they are once locked
+-- (`calls` is the truth): still PENDING and due, its number not in progress. SKIP LOCKED
+-- passes over calls a PATCH or cancel is holding, before the LIMIT counts them.
 candidates AS MATERIALIZED (
     SELECT c.id, c.to_number, c.seq, c.next_attempt_at
     FROM calls c
     WHERE c.id = ANY (ARRAY(SELECT call_id FROM queued))
       AND c.status = 'PENDING'
-    FOR UPDATE SKIP LOCKED
+      AND c.next_attempt_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM call_queue busy
+          WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = c.to_number
+      )
+    ORDER BY c.seq
+    LIMIT (SELECT n * 2 FROM wanted)
+    FOR UPDATE OF c SKIP LOCKED
 ),
 chosen AS (
     SELECT id, seq, next_attempt_at AS due_at

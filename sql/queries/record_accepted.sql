@@ -2,12 +2,16 @@
 -- $3[i] (may be NULL). Each attempt becomes ACCEPTED (unless a webhook already settled it)
 -- and learns its id, the call learns it too if this is its current attempt, and the
 -- timeline says so. One statement for any number of answers (the dispatcher gathers the
--- answers that arrive together). The call rows are locked first, in id order (the `call`
--- CTE is read before any attempt row is touched), like every other writer does, so two
--- such statements never deadlock. Returns the number of attempts updated.
+-- answers that arrive together). The call rows are locked first, in id order, like every
+-- other writer that locks several calls, so two such statements never deadlock (attempt
+-- rows are only ever locked by whoever holds their call's lock). Two answers for one
+-- attempt in one batch (its dialer's and a rescuer's resend) count as the first of them, as
+-- they would one after the other. Returns the number of attempts updated.
 WITH input AS (
-    SELECT *
-    FROM unnest($1::uuid[], $2::int[], $3::text[]) AS i (call_id, attempt, provider_call_id)
+    SELECT DISTINCT ON (call_id, attempt) call_id, attempt, provider_call_id
+    FROM unnest($1::uuid[], $2::int[], $3::text[])
+        WITH ORDINALITY AS i (call_id, attempt, provider_call_id, ord)
+    ORDER BY call_id, attempt, ord
 ),
 call AS MATERIALIZED (
     SELECT id, attempts FROM calls

@@ -184,7 +184,10 @@ impl WebhooksApi {
             .webhooks
             .submit(db::key_of(&provider_call_id), update)
             .await
-            .map_err(|lost| ApiError::internal(&lost))?;
+            .map_err(|lost| {
+                crate::metrics::webhook("error");
+                ApiError::internal(&lost)
+            })?;
         if let Ok(WebhookOutcome {
             retry: Some(decision),
             ..

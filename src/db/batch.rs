@@ -13,6 +13,8 @@ use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::DbError;
+
 /// Waiting room of one lane; a full lane makes callers wait (back-pressure).
 const LANE_CAPACITY: usize = 1024;
 
@@ -112,22 +114,26 @@ async fn run_lane<I, O, F, Fut>(
 
 /// Writes `items` with `together` (one statement or transaction for all of them); should
 /// that fail, writes each with `each`, so one item's trouble (a row the database refuses, a
-/// deadlock) is never another's. A lone item goes straight to `each`. `kind` names the
-/// writes in the log.
-pub async fn together_or_each<'a, I, O, E, Together, Each>(
+/// deadlock) is never another's. A lone item goes straight to `each`. When the database is
+/// out of reach, every item fails at once instead: one by one would only make each caller
+/// wait for its own time-out in turn. `kind` names the writes in the log.
+pub async fn together_or_each<'a, I, T, Together, Each>(
     kind: &str,
     items: &'a [I],
     together: impl FnOnce(&'a [I]) -> Together,
     each: impl Fn(&'a I) -> Each,
-) -> Vec<O>
+) -> Vec<Result<T, DbError>>
 where
-    E: std::fmt::Display,
-    Together: Future<Output = Result<Vec<O>, E>>,
-    Each: Future<Output = O>,
+    Together: Future<Output = Result<Vec<Result<T, DbError>>, DbError>>,
+    Each: Future<Output = Result<T, DbError>>,
 {
     if items.len() > 1 {
         match together(items).await {
             Ok(outputs) => return outputs,
+            Err(err) if err.is_unavailable() => {
+                tracing::warn!(error = %err, kind, items = items.len(), "a write batch failed: the database is out of reach");
+                return items.iter().map(|_| Err(DbError::unavailable())).collect();
+            }
             Err(err) => {
                 tracing::warn!(error = %err, kind, items = items.len(), "a write batch failed; writing its items one by one");
             }
@@ -180,6 +186,50 @@ mod tests {
         assert!(
             sizes.len() < 20,
             "items waiting behind a batch were gathered: {sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_written_item_by_item_unless_the_database_is_out_of_reach() {
+        let each_calls = std::sync::atomic::AtomicUsize::new(0);
+        let each = |item: &u32| {
+            each_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let item = *item;
+            async move {
+                if item == 2 {
+                    Err(DbError::NotFound)
+                } else {
+                    Ok(item)
+                }
+            }
+        };
+        let refused = together_or_each(
+            "test",
+            &[1, 2, 3],
+            |_| async { Err(DbError::Other(sqlx::Error::RowNotFound)) },
+            each,
+        )
+        .await;
+        assert_eq!(each_calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(matches!(
+            refused[..],
+            [Ok(1), Err(DbError::NotFound), Ok(3)]
+        ));
+
+        each_calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let unreachable = together_or_each(
+            "test",
+            &[1, 2, 3],
+            |_| async { Err(DbError::Other(sqlx::Error::PoolTimedOut)) },
+            each,
+        )
+        .await;
+        assert_eq!(each_calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(unreachable.len(), 3);
+        assert!(
+            unreachable
+                .iter()
+                .all(|r| matches!(r, Err(e) if e.is_unavailable()))
         );
     }
 

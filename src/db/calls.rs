@@ -155,16 +155,15 @@ pub async fn create_each(pool: &PgPool, calls: &[NewCall]) -> Vec<Result<Call, D
         calls,
         |calls| async move {
             let mut by_id: std::collections::HashMap<Uuid, Call> = insert_calls(pool, calls)
-                .await?
+                .await
+                .map_err(DbError::from)?
                 .into_iter()
                 .map(|call| (call.id, call))
                 .collect();
-            Ok::<_, sqlx::Error>(
-                calls
-                    .iter()
-                    .map(|call| by_id.remove(&call.id).ok_or(DbError::NotFound))
-                    .collect(),
-            )
+            Ok(calls
+                .iter()
+                .map(|call| by_id.remove(&call.id).ok_or(DbError::NotFound))
+                .collect())
         },
         |call| create_one(pool, call),
     )

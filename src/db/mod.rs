@@ -89,6 +89,32 @@ pub enum DbError {
     Other(#[from] sqlx::Error),
 }
 
+impl DbError {
+    /// The database is out of reach (down, restarting, shutting down, the pool exhausted):
+    /// nothing to do with what was asked of it.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Other(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // Class 08: connection exception; 57P0x: the server is shutting down or starting.
+            DbError::Other(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        }
+    }
+
+    /// An error that says the database is out of reach (a 503 for the API).
+    pub fn unavailable() -> Self {
+        DbError::Other(sqlx::Error::PoolTimedOut)
+    }
+}
+
 /// The migrations under `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

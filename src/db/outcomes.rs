@@ -125,7 +125,7 @@ pub async fn record_accepted_each(
         accepted,
         |all| async move {
             record_accepted(pool, all).await?;
-            Ok::<_, DbError>(all.iter().map(|_| Ok(())).collect())
+            Ok(all.iter().map(|_| Ok(())).collect())
         },
         |one| record_accepted(pool, std::slice::from_ref(one)),
     )
@@ -230,7 +230,7 @@ pub async fn apply_webhooks(
                 applied.push(outcome.ok_or(DbError::NotFound));
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(applied)
+            Ok(applied)
         },
         |update| apply_webhook(pool, update, decide),
     )
