@@ -35,11 +35,13 @@ queued AS MATERIALIZED (
           WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
       )
     ORDER BY q.seq
-    LIMIT (SELECT n * 4 + 16 FROM wanted)
+    LIMIT (SELECT n * 2 + 4 FROM wanted)
 ),
 -- Then locks the call rows themselves, by key, and re-checks them as they are once locked
 -- (`calls` is the truth): still PENDING and due, its number not in progress. SKIP LOCKED
--- passes over calls a PATCH or cancel is holding, before the LIMIT counts them.
+-- passes over calls a PATCH or cancel is holding. No ORDER BY or LIMIT here: with one, the
+-- planner may walk `calls` in `seq` order instead, over every dead entry of the calls that
+-- left PENDING, which is what call_queue is there to avoid; `chosen` keeps the oldest.
 candidates AS MATERIALIZED (
     SELECT c.id, c.to_number, c.seq, c.next_attempt_at
     FROM calls c
@@ -50,8 +52,6 @@ candidates AS MATERIALIZED (
           SELECT 1 FROM call_queue busy
           WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = c.to_number
       )
-    ORDER BY c.seq
-    LIMIT (SELECT n * 2 FROM wanted)
     FOR UPDATE OF c SKIP LOCKED
 ),
 chosen AS (
