@@ -103,23 +103,18 @@ impl CallsApi {
         }
         let payload = parse_request(body.0).map_err(ApiError::validation)?;
         let call = NewCall::new(payload);
-        let hash;
-        let idempotency = match idempotency_key.0.as_deref() {
+        let id = call.id;
+        let outcome = match idempotency_key.0.as_deref() {
             Some(key) => {
                 check_idempotency_key(key)?;
-                hash = Sha256::digest(call.payload.to_json().to_string().as_bytes());
-                Some((key, hash.as_slice()))
+                let hash = Sha256::digest(call.payload.to_json().to_string().as_bytes());
+                db::create_call_idempotent(&self.state.pool, &call, key, &hash).await
             }
-            None => None,
-        };
-        let id = call.id;
-        let outcome = match idempotency {
             // Creates that arrive together are stored together (group commit).
             None => match self.state.creates.submit(fastrand::u64(..), call).await {
                 Ok(created) => created.map(CreateOutcome::Created),
                 Err(lost) => return Err(ApiError::internal(&lost)),
             },
-            Some(_) => db::create_call(&self.state.pool, &call, idempotency).await,
         }
         .map_err(|err| ApiError::from_db(err, id))?;
         Ok(match outcome {

@@ -175,16 +175,15 @@ async fn create_one(pool: &PgPool, call: &NewCall) -> Result<Call, DbError> {
     created.pop().ok_or(DbError::NotFound)
 }
 
-/// Stores one call, honouring an `Idempotency-Key` (with the hash of the request it came
-/// with) when given.
-pub async fn create_call(
+/// Stores one call under an `Idempotency-Key` (with the hash of the request it came with):
+/// a repeat within 24 hours answers the first call. Creates without a key go through
+/// `create_each`.
+pub async fn create_call_idempotent(
     pool: &PgPool,
     call: &NewCall,
-    idempotency: Option<(&str, &[u8])>,
+    key: &str,
+    hash: &[u8],
 ) -> Result<CreateOutcome, DbError> {
-    let Some((key, hash)) = idempotency else {
-        return create_one(pool, call).await.map(CreateOutcome::Created);
-    };
     // A key can expire between our failed claim and our look-up; a few rounds settle it.
     for _ in 0..3 {
         let mut tx = pool.begin().await?;

@@ -15,8 +15,8 @@ use sqlx::{
 
 pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
-    CallFilter, CreateOutcome, NewCall, cancel_call, count_by_status, create_call, create_calls,
-    create_each, get_call, list_calls, update_payload,
+    CallFilter, CreateOutcome, NewCall, cancel_call, count_by_status, create_call_idempotent,
+    create_calls, create_each, get_call, list_calls, update_payload,
 };
 pub use dispatch::{
     Claimed, QueueUpkeep, claim, expire_overdue, next_due, owns_queue, purge_idempotency_keys,

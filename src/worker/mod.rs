@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use sqlx::PgPool;
 
 pub use dispatcher::Dispatcher;
-pub use sweeper::{QUEUE_UPKEEP_INTERVAL, SweepReport, Sweeper, keep_queue_lean};
+pub use sweeper::{SweepReport, Sweeper, keep_queue_lean};
 
 use crate::{
     config::Config,

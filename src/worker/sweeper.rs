@@ -73,7 +73,7 @@ impl Sweeper {
 }
 
 /// How often the workers look at `call_queue`'s dead rows (see `db::queue_upkeep`).
-pub const QUEUE_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+const QUEUE_UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Keeps `call_queue` lean and its statistics true until `shutdown` (`db::queue_upkeep`).
 pub async fn keep_queue_lean(pool: sqlx::PgPool, shutdown: CancellationToken) {
