@@ -675,8 +675,10 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
         .map(|pool| tokio::spawn(crate::worker::keep_queue_lean(pool.clone(), upkeep.clone())));
     let rows = args.claim_rows;
     let claims = 200;
+    // What the measurements themselves claim, on top of the depth they measure.
+    let measured = claims * 10 * args.runs;
     eprintln!("bench: filling {rows} PENDING and {rows} final rows…");
-    add_calls(&pool, rows, 10_000_000, false).await?;
+    add_calls(&pool, rows + measured, 10_000_000, false).await?;
     add_calls(&pool, rows, 20_000_000, true).await?;
     sqlx::query("ANALYZE calls").execute(&pool).await?;
     let mut reference = Vec::new();
@@ -688,7 +690,7 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
         deep_ratios.push(deep_ms / shallow_ms);
     }
     eprintln!("bench: {rows} calls of churn through the claim…");
-    add_calls(&pool, rows, 30_000_000, false).await?;
+    add_calls(&pool, rows + measured, 30_000_000, false).await?;
     let churn_started = Instant::now();
     let mut churned = 0;
     while churned < rows {
