@@ -164,7 +164,81 @@ async fn the_upkeep_vacuums_the_queue_once_dead_rows_pile_up() {
     );
     assert!(!vacuumed(pool).await);
 
-    // 1,500 calls through the queue: each leaves dead rows behind (claimed, then ended).
+    churn(&app).await;
+
+    // The statistics reach pg_stat_user_tables within a second or so of each transaction.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !db::queue_upkeep(pool).await.unwrap().vacuumed {
+        assert!(
+            Instant::now() < deadline,
+            "the upkeep never vacuumed the churned queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(vacuumed(pool).await);
+}
+
+#[tokio::test]
+async fn one_worker_at_a_time_looks_after_the_queue() {
+    let app = TestApp::spawn().await;
+    let pool = &app.pool;
+    churn(&app).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'call_queue'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+        < 1000
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the churn's dead rows never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Another replica's worker is vacuuming it.
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(db::QUEUE_UPKEEP_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(
+        db::queue_upkeep(pool).await.unwrap(),
+        db::QueueUpkeep::default(),
+        "the upkeep leaves the queue to the worker already at it"
+    );
+    assert!(!vacuumed(pool).await);
+
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(db::QUEUE_UPKEEP_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert!(db::queue_upkeep(pool).await.unwrap().vacuumed);
+    assert!(vacuumed(pool).await);
+    // Its session ends with it (the server notices a moment after the connection closes).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = ($1 & 4294967295)::oid",
+    )
+    .bind(db::QUEUE_UPKEEP_LOCK)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the upkeep never let go of its lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 1,500 calls through the queue: each leaves dead rows behind (claimed, then ended).
+async fn churn(app: &TestApp) {
+    let pool = &app.pool;
     let calls: Vec<Value> = (0..1500)
         .map(|i| json!({"to": format!("+1415556{i:04}"), "scriptId": "s"}))
         .collect();
@@ -185,17 +259,6 @@ async fn the_upkeep_vacuums_the_queue_once_dead_rows_pile_up() {
     .await
     .unwrap();
     assert_queue_mirrors_calls(pool, "after the churn").await;
-
-    // The statistics reach pg_stat_user_tables within a second or so of each transaction.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !db::queue_upkeep(pool).await.unwrap().vacuumed {
-        assert!(
-            Instant::now() < deadline,
-            "the upkeep never vacuumed the churned queue"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(vacuumed(pool).await);
 }
 
 #[tokio::test]

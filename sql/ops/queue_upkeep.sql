@@ -1,6 +1,7 @@
 -- The dispatcher's working set, `call_queue` (the open calls, kept in step with `calls` by
 -- triggers): its size, the dead rows waiting for vacuum, and when it was last vacuumed and
--- analyzed. The workers do both themselves, every second if need be (db::queue_upkeep);
+-- analyzed. The workers do both themselves, every second if need be, one worker at a time
+-- (db::queue_upkeep);
 -- `last_vacuum` far behind while `dead_rows` climbs means no worker is running, or the
 -- database user the workers use does not own the table.
 --   psql "$DATABASE_URL" -f sql/ops/queue_upkeep.sql

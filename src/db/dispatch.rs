@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection as _, Executor as _, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -17,6 +17,10 @@ use crate::domain::{Call, CallStatus, RetryDecision};
 
 /// Key of the transaction-scoped advisory lock that serialises claims across replicas.
 const CLAIM_LOCK: i64 = 0x6361_6c6c_5f6f_7263; // "call_orc"
+
+/// Key of the session advisory lock held by whichever worker is vacuuming or analyzing
+/// `call_queue` (see [`queue_upkeep`]).
+pub const QUEUE_UPKEEP_LOCK: i64 = CLAIM_LOCK + 1;
 
 /// A call claimed for one attempt.
 #[derive(Clone, Debug)]
@@ -109,32 +113,61 @@ pub struct QueueUpkeep {
 /// - analyzes it once a tenth of it changed, so the planner keeps walking the queue in
 ///   order instead of sorting all of it, which it would do believing the table tiny.
 ///
-/// Every replica's workers call it every second; `SKIP_LOCKED` lets one vacuum while the
-/// others skip.
+/// Every replica's workers call it every second; one at a time does the work (the others
+/// find [`QUEUE_UPKEEP_LOCK`] taken and leave it), so no VACUUM waits for another, and
+/// `SKIP_LOCKED` passes over the table while autovacuum holds it, rather than queueing
+/// behind it.
 pub async fn queue_upkeep(pool: &PgPool) -> Result<QueueUpkeep, DbError> {
-    let counts: Option<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT n_dead_tup, n_live_tup, n_mod_since_analyze FROM pg_stat_user_tables
+    // Also whether a worker is at it already, to spare a connection in that case.
+    let counts: Option<(i64, i64, i64, bool)> = sqlx::query_as(
+        "SELECT n_dead_tup, n_live_tup, n_mod_since_analyze,
+                EXISTS (SELECT 1 FROM pg_locks
+                        WHERE locktype = 'advisory'
+                          AND database = (SELECT oid FROM pg_database
+                                          WHERE datname = current_database())
+                          AND classid = ($1 >> 32)::oid AND objid = ($1 & 4294967295)::oid
+                          AND objsubid = 1)
+         FROM pg_stat_user_tables s
          WHERE relid = 'call_queue'::regclass",
     )
+    .bind(QUEUE_UPKEEP_LOCK)
     .fetch_optional(pool)
     .await?;
-    let (dead, live, modified) = counts.unwrap_or_default();
-    let mut done = QueueUpkeep::default();
-    if dead >= (live / 50).max(1000) {
+    let (dead, live, modified, busy) = counts.unwrap_or_default();
+    let wanted = QueueUpkeep {
+        vacuumed: dead >= (live / 50).max(1000),
+        analyzed: modified >= (live / 10).max(500),
+    };
+    if wanted == QueueUpkeep::default() || busy {
+        return Ok(QueueUpkeep::default());
+    }
+    // A connection of its own, closed afterwards: the lock is the session's, so it goes with
+    // the connection however this ends (an error, a cancelled future), and can never stay
+    // behind on a pooled connection to keep every replica from the queue.
+    let mut conn = pool.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(QUEUE_UPKEEP_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    if !locked {
+        // Closing only ends the session sooner; dropping the connection would too.
+        let _ = conn.close().await;
+        return Ok(QueueUpkeep::default());
+    }
+    if wanted.vacuumed {
         // INDEX_CLEANUP ON: the dead index entries are the point, and VACUUM would
         // otherwise leave them when few heap pages hold dead rows.
-        sqlx::raw_sql("VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) call_queue")
-            .execute(pool)
-            .await?;
-        done.vacuumed = true;
+        conn.execute(sqlx::raw_sql(
+            "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) call_queue",
+        ))
+        .await?;
     }
-    if modified >= (live / 10).max(500) {
-        sqlx::raw_sql("ANALYZE (SKIP_LOCKED) call_queue")
-            .execute(pool)
+    if wanted.analyzed {
+        conn.execute(sqlx::raw_sql("ANALYZE (SKIP_LOCKED) call_queue"))
             .await?;
-        done.analyzed = true;
     }
-    Ok(done)
+    let _ = conn.close().await;
+    Ok(wanted)
 }
 
 /// Whether the connected user may vacuum `call_queue` (owns it, or is a superuser).

@@ -19,8 +19,8 @@ pub use calls::{
     create_calls, create_each, get_call, list_calls, update_payload,
 };
 pub use dispatch::{
-    Claimed, QueueUpkeep, claim, expire_overdue, next_due, owns_queue, purge_idempotency_keys,
-    queue_upkeep, take_abandoned,
+    Claimed, QUEUE_UPKEEP_LOCK, QueueUpkeep, claim, expire_overdue, next_due, owns_queue,
+    purge_idempotency_keys, queue_upkeep, take_abandoned,
 };
 pub use events::list_events;
 pub use outcomes::{
