@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::{Connection as _, Executor as _, PgPool, Postgres, Transaction};
+use sqlx::{Executor as _, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -141,33 +141,67 @@ pub async fn queue_upkeep(pool: &PgPool) -> Result<QueueUpkeep, DbError> {
     if wanted == QueueUpkeep::default() || busy {
         return Ok(QueueUpkeep::default());
     }
-    // A connection of its own, closed afterwards: the lock is the session's, so it goes with
-    // the connection however this ends (an error, a cancelled future), and can never stay
-    // behind on a pooled connection to keep every replica from the queue.
-    let mut conn = pool.acquire().await?.detach();
+    let mut conn = pool.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(QUEUE_UPKEEP_LOCK)
-        .fetch_one(&mut conn)
+        .fetch_one(&mut *conn)
         .await?;
     if !locked {
-        // Closing only ends the session sooner; dropping the connection would too.
-        let _ = conn.close().await;
         return Ok(QueueUpkeep::default());
     }
+    let mut session = LockedSession(Some(conn));
     if wanted.vacuumed {
         // INDEX_CLEANUP ON: the dead index entries are the point, and VACUUM would
         // otherwise leave them when few heap pages hold dead rows.
-        conn.execute(sqlx::raw_sql(
-            "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) call_queue",
-        ))
-        .await?;
-    }
-    if wanted.analyzed {
-        conn.execute(sqlx::raw_sql("ANALYZE (SKIP_LOCKED) call_queue"))
+        session
+            .conn()
+            .execute(sqlx::raw_sql(
+                "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) call_queue",
+            ))
             .await?;
     }
-    let _ = conn.close().await;
+    if wanted.analyzed {
+        session
+            .conn()
+            .execute(sqlx::raw_sql("ANALYZE (SKIP_LOCKED) call_queue"))
+            .await?;
+    }
+    session.unlock(QUEUE_UPKEEP_LOCK).await?;
     Ok(wanted)
+}
+
+/// A pooled connection whose session holds an advisory lock. It goes back to the pool only
+/// once the lock is released; dropped before that (an error, a cancelled future), it is
+/// closed instead, and the lock ends with its session, so it can never stay behind on a
+/// pooled connection and keep every replica from the queue.
+struct LockedSession(Option<sqlx::pool::PoolConnection<Postgres>>);
+
+impl LockedSession {
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        self.0
+            .as_mut()
+            .expect("a session is used only until it is unlocked")
+    }
+
+    async fn unlock(mut self, key: i64) -> Result<(), DbError> {
+        let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(key)
+            .fetch_one(&mut *self.conn())
+            .await?;
+        if unlocked {
+            // Back to the pool, lock-free.
+            self.0.take();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LockedSession {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            conn.close_on_drop();
+        }
+    }
 }
 
 /// Whether the connected user may vacuum `call_queue` (owns it, or is a superuser).
