@@ -54,7 +54,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20_000)]
     pub lifecycle_calls: u32,
     /// PENDING rows (and as many final ones) for the deep-queue claim, and calls of churn.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(0..=9_000_000))]
     pub claim_rows: u32,
     /// Also write the report to this file.
     #[arg(long)]

@@ -737,7 +737,7 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
             "claim of 10 calls, 1,000 PENDING",
             "ms",
             reference,
-            "the reference, measured in turns with each figure below",
+            "the reference, measured in turns with each figure below (so over twice the runs)",
         ),
         figure(
             &format!("claim of 10 calls, {rows} PENDING + {rows} final"),

@@ -21,6 +21,8 @@ const CLAIM_LOCK: i64 = 0x6361_6c6c_5f6f_7263; // "call_orc"
 /// Key of the session advisory lock held by whichever worker is vacuuming or analyzing
 /// `call_queue` (see [`queue_upkeep`]).
 pub const QUEUE_UPKEEP_LOCK: i64 = CLAIM_LOCK + 1;
+// The statistics query splits the key into pg_locks' two oid halves.
+const _: () = assert!(QUEUE_UPKEEP_LOCK >= 0);
 
 /// A call claimed for one attempt.
 #[derive(Clone, Debug)]
@@ -141,15 +143,17 @@ pub async fn queue_upkeep(pool: &PgPool) -> Result<QueueUpkeep, DbError> {
     if wanted == QueueUpkeep::default() || busy {
         return Ok(QueueUpkeep::default());
     }
-    let mut conn = pool.acquire().await?;
+    // Wrapped before the lock is asked for: were this future dropped while the answer is on
+    // its way, the lock may be granted all the same.
+    let mut session = LockedSession(Some(pool.acquire().await?));
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(QUEUE_UPKEEP_LOCK)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *session.conn())
         .await?;
     if !locked {
+        session.unlock().await?;
         return Ok(QueueUpkeep::default());
     }
-    let mut session = LockedSession(Some(conn));
     if wanted.vacuumed {
         // INDEX_CLEANUP ON: the dead index entries are the point, and VACUUM would
         // otherwise leave them when few heap pages hold dead rows.
@@ -166,14 +170,14 @@ pub async fn queue_upkeep(pool: &PgPool) -> Result<QueueUpkeep, DbError> {
             .execute(sqlx::raw_sql("ANALYZE (SKIP_LOCKED) call_queue"))
             .await?;
     }
-    session.unlock(QUEUE_UPKEEP_LOCK).await?;
+    session.unlock().await?;
     Ok(wanted)
 }
 
-/// A pooled connection whose session holds an advisory lock. It goes back to the pool only
-/// once the lock is released; dropped before that (an error, a cancelled future), it is
-/// closed instead, and the lock ends with its session, so it can never stay behind on a
-/// pooled connection and keep every replica from the queue.
+/// A pooled connection whose session may hold advisory locks. It goes back to the pool only
+/// once they are all released; dropped before that (an error, a cancelled future), it is
+/// closed instead, and the locks end with its session, so none can stay behind on a pooled
+/// connection and keep every replica from the queue.
 struct LockedSession(Option<sqlx::pool::PoolConnection<Postgres>>);
 
 impl LockedSession {
@@ -183,15 +187,13 @@ impl LockedSession {
             .expect("a session is used only until it is unlocked")
     }
 
-    async fn unlock(mut self, key: i64) -> Result<(), DbError> {
-        let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-            .bind(key)
-            .fetch_one(&mut *self.conn())
+    /// Releases every session-level advisory lock (a lock taken twice is held twice) and
+    /// hands the connection back to the pool.
+    async fn unlock(mut self) -> Result<(), DbError> {
+        sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *self.conn())
             .await?;
-        if unlocked {
-            // Back to the pool, lock-free.
-            self.0.take();
-        }
+        self.0.take();
         Ok(())
     }
 }
