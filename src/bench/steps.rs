@@ -600,22 +600,33 @@ impl ShallowQueue {
     }
 }
 
-/// Median milliseconds of `count` claims of 10 on the shallow queue and on `deep`, taken in
-/// turns, so that the machine speeding up or slowing down (it is shared) weighs on both alike.
-async fn claim_pair(
+/// Claims of 10 on the shallow queue and on `deep`, `count` of each a run, taken in turns, so
+/// that the machine speeding up or slowing down (it is shared) weighs on both alike. Each
+/// run's median on the shallow queue goes to `reference`; returns each run's median on `deep`
+/// and its ratio to the shallow one of the same run.
+async fn claim_runs(
     shallow: &mut ShallowQueue,
     deep: &PgPool,
+    runs: u32,
     count: u32,
-) -> anyhow::Result<(f64, f64)> {
-    let (mut reference, mut subject) = (Vec::new(), Vec::new());
-    for _ in 0..count {
-        reference.push(shallow.timed_claim().await?);
-        subject.push(timed_claim(deep).await?);
+    reference: &mut Vec<f64>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut medians, mut ratios) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (mut shallow_ms, mut deep_ms) = (Vec::new(), Vec::new());
+        for _ in 0..count {
+            shallow_ms.push(shallow.timed_claim().await?);
+            deep_ms.push(timed_claim(deep).await?);
+        }
+        let (shallow_ms, deep_ms) = (
+            percentile(&mut shallow_ms, 0.5),
+            percentile(&mut deep_ms, 0.5),
+        );
+        reference.push(shallow_ms);
+        medians.push(deep_ms);
+        ratios.push(deep_ms / shallow_ms);
     }
-    Ok((
-        percentile(&mut reference, 0.5),
-        percentile(&mut subject, 0.5),
-    ))
+    Ok((medians, ratios))
 }
 
 /// Completes claimed calls and their attempts, as their final webhooks would.
@@ -682,13 +693,8 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
     add_calls(&pool, rows, 20_000_000, true).await?;
     sqlx::query("ANALYZE calls").execute(&pool).await?;
     let mut reference = Vec::new();
-    let (mut deep, mut deep_ratios) = (Vec::new(), Vec::new());
-    for _ in 0..args.runs {
-        let (shallow_ms, deep_ms) = claim_pair(&mut shallow, &pool, claims).await?;
-        reference.push(shallow_ms);
-        deep.push(deep_ms);
-        deep_ratios.push(deep_ms / shallow_ms);
-    }
+    let (deep, mut deep_ratios) =
+        claim_runs(&mut shallow, &pool, args.runs, claims, &mut reference).await?;
     eprintln!("bench: {rows} calls of churn through the claim…");
     add_calls(&pool, rows + measured, 30_000_000, false).await?;
     let churn_started = Instant::now();
@@ -711,13 +717,8 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
         churn_started.elapsed().as_secs_f64(),
         f64::from(rows) / churn_started.elapsed().as_secs_f64()
     );
-    let (mut after, mut after_ratios) = (Vec::new(), Vec::new());
-    for _ in 0..args.runs {
-        let (shallow_ms, after_ms) = claim_pair(&mut shallow, &pool, claims).await?;
-        reference.push(shallow_ms);
-        after.push(after_ms);
-        after_ratios.push(after_ms / shallow_ms);
-    }
+    let (after, mut after_ratios) =
+        claim_runs(&mut shallow, &pool, args.runs, claims, &mut reference).await?;
     upkeep.cancel();
     for task in upkeep_tasks {
         task.await?;
