@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio::task::JoinSet;
 
 use crate::{
-    api::{self, ApiState},
+    api::{self, ApiState, listener::GuardedAcceptor},
     config::{Config, Secret},
     db,
+    domain::WebhookTokens,
     provider::HttpProvider,
     worker::{Dispatcher, Sweeper, Worker, WorkerSettings},
 };
@@ -71,21 +72,89 @@ async fn wait_for_signal() {
     }
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` is cancelled.
+/// The webhook tokens' key, shared by the replicas through the database.
+pub async fn webhook_tokens(pool: &PgPool) -> anyhow::Result<WebhookTokens> {
+    let key = db::webhook_token_key(pool)
+        .await
+        .context("reading the webhook token key (run `migrate`?)")?;
+    Ok(WebhookTokens::new(key))
+}
+
+/// Serves the HTTP API on `listener` (and, with `METRICS_PORT`, `/metrics` on a listener of
+/// its own) until `shutdown` is cancelled.
 pub async fn serve_api(
     config: &Config,
     pool: PgPool,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(ApiState::new(config, pool));
-    let acceptor = TcpAcceptor::from_tokio(listener).context("HTTP listener")?;
+    let tokens = webhook_tokens(&pool).await?;
+    if config.webhook_secret.is_some() {
+        tracing::info!("webhooks are verified by their Standard Webhooks signature (WEBHOOK_SECRET)");
+    } else {
+        tracing::info!(
+            "webhooks are verified by the per-attempt token in the URL handed to the provider \
+             (WEBHOOK_SECRET is not set)"
+        );
+    }
+    let state = Arc::new(ApiState::new(config, pool, tokens));
+    let metrics = match config.metrics_port {
+        Some(port) => {
+            let address = format!("{}:{port}", config.host);
+            let listener = TcpListener::bind(&address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (METRICS_PORT)"))?;
+            tracing::info!(%address, "metrics listening at /metrics");
+            let server = serve(
+                HttpLimits::of(config),
+                listener,
+                api::metrics_app(state.clone()),
+                shutdown.clone(),
+            );
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
+    let served = serve(HttpLimits::of(config), listener, api::app(state), shutdown).await;
+    if let Some(metrics) = metrics {
+        metrics.await??;
+    }
+    served
+}
+
+/// `HTTP_MAX_CONNECTIONS` and `HTTP_READ_TIMEOUT`.
+#[derive(Clone, Copy)]
+struct HttpLimits {
+    max_connections: usize,
+    read_timeout: Duration,
+}
+
+impl HttpLimits {
+    fn of(config: &Config) -> Self {
+        Self {
+            max_connections: config.http_max_connections as usize,
+            read_timeout: config.http_read_timeout,
+        }
+    }
+}
+
+/// Runs one HTTP server with the connection bound and the request head deadline of
+/// `api::listener`.
+async fn serve(
+    limits: HttpLimits,
+    listener: TcpListener,
+    app: impl poem::Endpoint + 'static,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let acceptor = GuardedAcceptor::new(
+        TcpAcceptor::from_tokio(listener).context("HTTP listener")?,
+        limits.max_connections,
+        limits.read_timeout,
+    );
     Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            api::app(state),
-            shutdown.cancelled_owned(),
-            Some(Duration::from_secs(30)),
-        )
+        // A kept-alive connection idle (or stalled in a later request) for this long ends.
+        .idle_timeout(limits.read_timeout.max(Duration::from_secs(5)))
+        .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(30)))
         .await
         .context("HTTP server failed")
 }
@@ -125,9 +194,9 @@ impl Roles {
 }
 
 /// The worker's handles, built from the configuration.
-pub fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
+pub async fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
     crate::metrics::handle();
-    let settings = WorkerSettings::from_config(config);
+    let settings = WorkerSettings::from_config(config, webhook_tokens(&pool).await?);
     let provider = HttpProvider::new(
         config.ai_call_api_url.as_deref().unwrap_or_default(),
         config
@@ -171,7 +240,7 @@ pub async fn run_parts(
         parts.spawn(async move { serve_api(&config, pool, listener, shutdown).await });
     }
     if roles.worker {
-        let worker = worker(config, pool.clone())?;
+        let worker = worker(config, pool.clone()).await?;
         tracing::info!(
             cap = config.max_concurrent_calls,
             provider = config.ai_call_api_url.as_deref().unwrap_or_default(),

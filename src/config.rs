@@ -35,15 +35,28 @@ pub const KEYS: &[&str] = &[
     "CALL_TIMEOUT",
     "PROVIDER_TIMEOUT",
     "API_KEYS",
+    "HTTP_MAX_CONNECTIONS",
+    "HTTP_MAX_IN_FLIGHT",
+    "HTTP_READ_TIMEOUT",
+    "METRICS_PORT",
+    "METRICS_REQUIRE_API_KEY",
     "LOG_FORMAT",
     "LOG_DIR",
     "RUST_LOG",
 ];
 
-/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+/// A value that must never be printed: `Debug` and serialisation show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// What a serialised [`Secret`] holds instead of the secret.
+pub const REDACTED: &str = "[redacted]";
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -112,6 +125,17 @@ pub struct Config {
     pub provider_timeout: Duration,
     /// Comma-separated bearer keys; empty means no authentication.
     pub api_keys: Option<Secret>,
+    /// Connections the HTTP server holds open at once; more wait in the kernel's backlog.
+    pub http_max_connections: u32,
+    /// Requests handled at once; beyond, 503 `OVERLOADED` with `Retry-After`.
+    pub http_max_in_flight: u32,
+    /// Time a client has to send a request's head, and then its body.
+    #[serde(with = "humantime_serde")]
+    pub http_read_timeout: Duration,
+    /// When set, `/metrics` is served on this port alone (and not on `PORT`).
+    pub metrics_port: Option<u16>,
+    /// `/metrics` asks for one of `API_KEYS` too.
+    pub metrics_require_api_key: bool,
     pub log_format: LogFormat,
     pub log_dir: Option<PathBuf>,
     #[serde(deserialize_with = "lenient_string")]
@@ -141,6 +165,11 @@ impl Default for Config {
             call_timeout: Duration::from_secs(30 * 60),
             provider_timeout: Duration::from_secs(10),
             api_keys: None,
+            http_max_connections: 1024,
+            http_max_in_flight: 512,
+            http_read_timeout: Duration::from_secs(10),
+            metrics_port: None,
+            metrics_require_api_key: false,
             log_format: LogFormat::Pretty,
             log_dir: None,
             rust_log: "info".into(),
@@ -176,7 +205,7 @@ impl Config {
 
     /// The layered sources, for [`Config::load`] and for tests that bring their own environment.
     pub fn figment(file: Option<&std::path::Path>, env: Env) -> Figment {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = defaults();
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -227,6 +256,34 @@ impl Config {
             return Err(ConfigError::at(
                 "max_retry_attempts",
                 "must be between 1 and 100 (the first attempt counts)",
+            ));
+        }
+        for (key, value, max) in [
+            ("http_max_connections", self.http_max_connections, 1_000_000),
+            ("http_max_in_flight", self.http_max_in_flight, 1_000_000),
+        ] {
+            if value == 0 || value > max {
+                return Err(ConfigError::at(key, format!("must be between 1 and {max}")));
+            }
+        }
+        if self.http_read_timeout < Duration::from_millis(100)
+            || self.http_read_timeout > Duration::from_secs(600)
+        {
+            return Err(ConfigError::at(
+                "http_read_timeout",
+                "must be between 100ms and 10m",
+            ));
+        }
+        if self.metrics_port == Some(0) {
+            return Err(ConfigError::at("metrics_port", "must be a port from 1 to 65535"));
+        }
+        if self.metrics_port.is_some() && self.metrics_port == Some(self.port) {
+            return Err(ConfigError::at("metrics_port", "must differ from PORT"));
+        }
+        if self.metrics_require_api_key && self.api_keys.is_none() {
+            return Err(ConfigError::at(
+                "metrics_require_api_key",
+                "asks for an API key, but API_KEYS is not set",
             ));
         }
         for (key, value) in [
@@ -311,6 +368,16 @@ impl Config {
     pub fn webhook_secret_list(&self) -> Vec<Secret> {
         split_list(self.webhook_secret.as_ref())
     }
+}
+
+/// The defaults as a figment source. A [`Secret`] serialises redacted, so the one default
+/// that is a secret is given by its value.
+fn defaults() -> Figment {
+    let config = Config::default();
+    Figment::from(Serialized::defaults(&config)).merge(Serialized::default(
+        "db_password",
+        config.db_password.expose(),
+    ))
 }
 
 fn split_list(list: Option<&Secret>) -> Vec<Secret> {
@@ -437,7 +504,7 @@ mod tests {
     use super::*;
 
     fn load(pairs: &[(&str, &str)], needs: Needs) -> Result<Config, ConfigError> {
-        let figment = Figment::from(Serialized::defaults(Config::default())).merge(
+        let figment = defaults().merge(
             figment::providers::Data::<figment::providers::Toml>::string(
                 &pairs
                     .iter()
@@ -494,6 +561,23 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2") && !debug.contains("hunter3") && !debug.contains("k1"));
         assert_eq!(config.api_key_list().len(), 2);
+        for serialised in [serde_json::to_string(&config).unwrap()] {
+            assert!(
+                !serialised.contains("hunter2")
+                    && !serialised.contains("hunter3")
+                    && !serialised.contains("k1"),
+                "{serialised}"
+            );
+            assert!(serialised.contains(REDACTED), "{serialised}");
+        }
+        // The redaction does not leak into the defaults: the default password still works.
+        assert!(
+            load(&[], Needs::Database)
+                .unwrap()
+                .database_url()
+                .expose()
+                .contains(":password@")
+        );
     }
 
     #[test]

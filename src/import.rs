@@ -139,16 +139,38 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
         bar.set_prefix("importing");
         let url = format!("{}/api/v1/calls/batch", args.url.trim_end_matches('/'));
         let size = usize::from(args.batch_size).min(MAX_BATCH);
-        for chunk in valid.chunks(size) {
+        for (index, chunk) in valid.chunks(size).enumerate() {
             let calls: Vec<&Value> = chunk.iter().map(|(_, call)| call).collect();
-            let mut request = client.post(&url).json(&json!({"calls": calls}));
-            if let Some(key) = &args.api_key {
-                request = request.bearer_auth(key);
-            }
-            let response = request
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the service at {}", args.url))?;
+            let body = json!({"calls": calls});
+            // The same batch always carries the same key, so a batch sent again after a
+            // lost answer (here, or by running the import again) is never stored twice.
+            let key = batch_key(index, &body);
+            let mut tries = 0;
+            let response = loop {
+                tries += 1;
+                let mut request = client
+                    .post(&url)
+                    .header("Idempotency-Key", &key)
+                    .json(&body);
+                if let Some(key) = &args.api_key {
+                    request = request.bearer_auth(key);
+                }
+                match request.send().await {
+                    Ok(response) => break response,
+                    Err(err) if tries < 3 && !err.is_connect() => {
+                        bar.println(format!("batch {index}: {err}; sending it again"));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(err) => {
+                        bar.abandon();
+                        rejected.sort_by_key(|r| r.line);
+                        report.rejected = rejected;
+                        print_report(&args, &report);
+                        return Err(err)
+                            .with_context(|| format!("cannot reach the service at {}", args.url));
+                    }
+                }
+            };
             let status = response.status();
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status.is_success() {
@@ -172,6 +194,11 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
                     });
                 }
             }
+            // The report first: the rows refused and the calls created before are what the
+            // operator needs to resume.
+            rejected.sort_by_key(|r| r.line);
+            report.rejected = rejected;
+            print_report(&args, &report);
             anyhow::bail!(
                 "the service refused the batch starting at line {} ({status}: {}); {} calls \
                  were created before it, from the lines above",
@@ -186,6 +213,14 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
     report.rejected = rejected;
     print_report(&args, &report);
     Ok(report)
+}
+
+/// The Idempotency-Key of the `index`-th batch of an import: a hash of its position and of
+/// the calls it holds.
+fn batch_key(index: usize, body: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{index}:{body}").as_bytes());
+    format!("import-{}", hex::encode(&digest[..16]))
 }
 
 fn print_report(args: &ImportArgs, report: &ImportReport) {

@@ -25,9 +25,48 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Only one recorder per process; a second installation (tests) is harmless.
         let _ = metrics::set_global_recorder(recorder);
+        export_at_zero();
         handle
     })
 }
+
+/// Every counter, with each of its labels, from the start: a series that appears only at
+/// its first event makes `rate()` and alerts blind until then.
+fn export_at_zero() {
+    for kind in ["create", "accepted", "webhook"] {
+        counter!("call_orchestrator_write_batches_total", "kind" => kind).increment(0);
+        counter!("call_orchestrator_write_batch_items_total", "kind" => kind).increment(0);
+    }
+    for outcome in PROVIDER_OUTCOMES {
+        counter!("call_orchestrator_provider_requests_total", "outcome" => *outcome).increment(0);
+    }
+    for outcome in WEBHOOK_OUTCOMES {
+        counter!("call_orchestrator_webhooks_total", "outcome" => *outcome).increment(0);
+    }
+    for outcome in ["retry_scheduled", "attempts_exhausted"] {
+        counter!("call_orchestrator_failed_attempts_total", "outcome" => outcome).increment(0);
+    }
+    counter!("call_orchestrator_claimed_total").increment(0);
+    counter!("call_orchestrator_calls_expired_total").increment(0);
+    counter!("call_orchestrator_attempts_rescued_total").increment(0);
+}
+
+/// The outcome labels of `call_orchestrator_provider_requests_total` (`DialOutcome::label`).
+pub const PROVIDER_OUTCOMES: &[&str] =
+    &["accepted", "rate_limited", "transient", "permanent", "unknown"];
+
+/// The outcome labels of `call_orchestrator_webhooks_total`.
+pub const WEBHOOK_OUTCOMES: &[&str] = &[
+    "applied",
+    "duplicate",
+    "unknown_call",
+    "invalid",
+    "bad_signature",
+    "bad_token",
+    "unauthenticated",
+    "mismatch",
+    "error",
+];
 
 /// The Prometheus text exposition, with the status gauges set from `counts`.
 pub fn render(counts: Option<&[(CallStatus, i64)]>, limit: u32) -> String {

@@ -28,6 +28,12 @@ pub fn init(config: &Config) -> Guards {
     let mut layers = vec![stdout.with_filter(filter()).boxed()];
     let mut guards = Vec::new();
     if let Some(dir) = &config.log_dir {
+        // Log lines name calls, numbers and errors: files for the service's user and its
+        // group only (0640), including the ones the daily rotation makes later, which
+        // tracing-appender creates with the process's umask.
+        let umask = nix::sys::stat::Mode::from_bits_truncate(0o027);
+        let old = nix::sys::stat::umask(umask);
+        nix::sys::stat::umask(old | umask);
         for (name, level) in [
             ("combined.log", None),
             ("error.log", Some(LevelFilter::ERROR)),

@@ -101,7 +101,7 @@ async fn create_refuses_bad_bodies() {
             p,
             Some(r#"{"to": 14155550100, "scriptId": "s"}"#),
             400,
-            "VALIDATION_ERROR",
+            "INVALID_BODY",
         ),
         case(
             M::POST,
@@ -187,9 +187,32 @@ async fn create_refuses_bad_bodies() {
             p,
             Some(r#"{"to": "+14155550100", "scriptId": "s", "metadata": {"a": "\u0000"}}"#),
             400,
-            "VALIDATION_ERROR",
+            "INVALID_BODY",
         ),
         case(M::POST, p, Some(&deep), 400, "INVALID_BODY"),
+        // Every string field refuses a number or a boolean rather than storing its text.
+        case(
+            M::POST,
+            p,
+            Some(r#"{"to": "+14155550100", "scriptId": 42}"#),
+            400,
+            "INVALID_BODY",
+        ),
+        case(
+            M::POST,
+            p,
+            Some(r#"{"to": "+14155550100", "scriptId": true}"#),
+            400,
+            "INVALID_BODY",
+        ),
+        // U+0000 anywhere, a key included.
+        case(
+            M::POST,
+            p,
+            Some(r#"{"to": "+14155550100", "scriptId": "s", "metadata": {"k\u0000": 1}}"#),
+            400,
+            "INVALID_BODY",
+        ),
         case(M::POST, p, None, 415, "UNSUPPORTED_MEDIA_TYPE"),
         Case {
             content_type: Some("text/plain"),
@@ -426,7 +449,15 @@ async fn other_routes_refuse_bad_input() {
             &one,
             Some(r#"{"payload": {"metadata": {"a": "\u0000"}}}"#),
             400,
-            "VALIDATION_ERROR",
+            "INVALID_BODY",
+        ),
+        // The patch is kept on the timeline: a NUL in a key that the patch removes was a 500.
+        case(
+            M::PATCH,
+            &one,
+            Some(r#"{"payload": {"metadata": {"k\u0000": null}}}"#),
+            400,
+            "INVALID_BODY",
         ),
         case(
             M::PATCH,

@@ -213,7 +213,7 @@ async fn an_unknown_outcome_is_sent_again_with_the_same_key() {
 }
 
 #[tokio::test]
-async fn an_outcome_that_stays_unknown_fails_the_attempt() {
+async fn an_outcome_that_stays_unknown_keeps_the_attempt_open() {
     let (provider, app) = setup_with(|c| c.max_retry_attempts = 2).await;
     provider.set_default(Reply::Hang(Duration::from_secs(2)));
     let call_id = id(&app.create_call("+14155550100").await);
@@ -225,13 +225,19 @@ async fn an_outcome_that_stays_unknown_fails_the_attempt() {
         "sent, then sent again twice with the same key"
     );
     assert!(received.iter().all(|r| r.key == format!("{call_id}:1")));
+    // Not a failed attempt that a new one follows: the provider may hold the call.
     let call = app.call(&call_id).await;
-    assert_eq!(call["status"], "PENDING");
+    assert_eq!(call["status"], "IN_PROGRESS");
     assert_eq!(call["attempts"], 1);
-    assert!(
-        call["lastError"].as_str().unwrap().contains("unknown"),
-        "{call}"
-    );
+    assert!(app.timeline(&call_id).await.contains(&"DIAL_UNKNOWN".to_owned()));
+    let lease_ahead: bool = sqlx::query_scalar(
+        "SELECT lease_until > now() + interval '2 seconds' FROM call_attempts WHERE call_id = $1::uuid",
+    )
+    .bind(&call_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(lease_ahead, "sent again later, not at once");
 }
 
 #[tokio::test]

@@ -156,6 +156,8 @@ fn webhook(provider_call_id: &str, status: ProviderStatus) -> WebhookUpdate {
         duration_sec: Some(30),
         reason: None,
         reference: None,
+        authenticated: true,
+        webhook_id: None,
         body: json!({"callId": provider_call_id, "status": status.as_str()}),
     }
 }

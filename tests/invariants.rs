@@ -412,9 +412,10 @@ async fn a_replica_killed_mid_dial_loses_nothing() {
         },
     )
     .await;
+    let query = common::webhook_query(&pool, "p-1").await;
     provider
         .send_webhook(
-            &format!("http://127.0.0.1:{second_port}/api/v1/callbacks/call-status"),
+            &format!("http://127.0.0.1:{second_port}/api/v1/callbacks/call-status{query}"),
             &json!({"callId": "p-1", "status": "COMPLETED"}),
         )
         .await;

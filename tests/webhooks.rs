@@ -198,7 +198,7 @@ async fn unknown_ids_and_malformed_bodies_are_refused() {
             json!({"callId": "someone-else", "status": "COMPLETED"}),
         )
         .await;
-    assert_error(code, &body, StatusCode::NOT_FOUND, "UNKNOWN_CALL_ID");
+    assert_error(code, &body, StatusCode::CONFLICT, "WEBHOOK_MISMATCH");
     let bad: Vec<(Value, &str)> = vec![
         (
             json!({"callId": external, "status": "EXPLODED"}),
@@ -465,14 +465,14 @@ async fn the_service_can_accept_two_secrets_while_rotating() {
     let (id, external) = dialed(&app).await;
     let body = json!({"callId": external, "status": "RINGING"}).to_string();
     let now = chrono::Utc::now().timestamp();
-    for secret in [SECRET, OLD_SECRET] {
+    for (secret, msg) in [(SECRET, "msg_new"), (OLD_SECRET, "msg_old")] {
         let response = app
             .client
             .post(app.url("/api/v1/callbacks/call-status"))
             .header("content-type", "application/json")
-            .header("webhook-id", "msg")
+            .header("webhook-id", msg)
             .header("webhook-timestamp", now.to_string())
-            .header("webhook-signature", signature(secret, "msg", now, &body))
+            .header("webhook-signature", signature(secret, msg, now, &body))
             .body(body.clone())
             .send()
             .await

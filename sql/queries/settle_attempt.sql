@@ -7,9 +7,11 @@
 --   $9 seconds until the next attempt, for PENDING    $10 durationSec, for COMPLETED
 --   $11 1 when the attempt does not count (a 429): the same number is dialed again
 --   $12 second event kind (COMPLETED, FAILED, RETRY_SCHEDULED, or NULL)   $13 its detail
+--   $14 true when a final webhook settles it (its repeats are duplicates from then on)
 WITH ended AS (
     UPDATE call_attempts
-    SET status = $4, error = $5, ended_at = now()
+    SET status = $4, error = $5, ended_at = now(),
+        final_webhook_at = CASE WHEN $14 THEN now() ELSE final_webhook_at END
     WHERE id = $3
 ),
 moved AS (

@@ -13,18 +13,31 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiState, ApiTags,
+    ApiState, ApiTags, ClientScope,
     error::{ApiError, envelope},
     models::{
         BatchCreateRequest, Call, CallEnvelope, CallPage, CallsEnvelope, Concurrency,
-        CreateCallRequest, ErrorDetail, EventsEnvelope, MetricsEnvelope, Pagination,
+        CreateCallRequest, CursorPagination, ErrorDetail, EventPage, MetricsEnvelope, Pagination,
         PatchCallRequest, Status, StatusCounts,
     },
 };
 use crate::{
-    db::{self, CallFilter, CreateOutcome, NewCall},
+    db::{self, CallFilter, CreateOutcome, IdempotencyKey, NewCall},
     domain::{CallPayload, CallStatus, FieldError, PhoneNumber, merge_patch},
 };
+
+/// A query string decodes `+` as a space, so `?to=+14155550100` arrives as
+/// ` 14155550100`: a leading space before a digit is taken for the `+` it was.
+fn plus_decoded_as_space(raw: &str) -> std::borrow::Cow<'_, str> {
+    match raw.strip_prefix(' ') {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => format!("+{rest}").into(),
+        _ => raw.into(),
+    }
+}
+
+/// Timeline entries per page, unless asked otherwise, and at most.
+const DEFAULT_EVENTS_LIMIT: i64 = 100;
+const MAX_EVENTS_LIMIT: i64 = 1000;
 
 /// Most calls one batch may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -46,9 +59,14 @@ pub enum CreatedCall {
 
 #[derive(ApiResponse)]
 pub enum CreatedCalls {
-    /// Every call of the batch was created, in the order sent.
+    /// Every call of the batch was created, in the order sent; or, for a repeated
+    /// `Idempotency-Key` with the same body, the calls the first request created (then
+    /// `Idempotent-Replayed: true`).
     #[oai(status = 201)]
-    Created(Json<CallsEnvelope>),
+    Created(
+        Json<CallsEnvelope>,
+        #[oai(header = "Idempotent-Replayed")] Option<String>,
+    ),
 }
 
 pub struct CallsApi {
@@ -59,7 +77,43 @@ fn parse_request(req: CreateCallRequest) -> Result<CallPayload, Vec<FieldError>>
     let metadata = req
         .metadata
         .map(|m| serde_json::Value::Object(m.into_iter().collect()));
-    CallPayload::parse(Some(&req.to), Some(&req.script_id), metadata.as_ref())
+    CallPayload::parse(Some(&req.to.0), Some(&req.script_id.0), metadata.as_ref())
+}
+
+/// The request's `Idempotency-Key`, checked: absent, or 1 to 255 visible ASCII characters.
+fn checked_key<'a>(
+    parsed: &'a Header<Option<String>>,
+    request: &poem::Request,
+) -> Result<Option<&'a str>, ApiError> {
+    match parsed.0.as_deref() {
+        Some(key) => check_idempotency_key(key).map(|()| Some(key)),
+        // Present but not text: ignoring it would silently drop the protection asked for.
+        None if request.headers().contains_key("idempotency-key") => Err(ApiError::bad_request(
+            "INVALID_IDEMPOTENCY_KEY",
+            "the Idempotency-Key header may hold only visible ASCII characters",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Hash of what a request asks for: the route and its normalised calls, so that a key
+/// used on one route and replayed on the other, or with other calls, is a conflict.
+fn request_hash(route: &str, calls: &[NewCall]) -> Vec<u8> {
+    let payloads: Vec<serde_json::Value> = calls.iter().map(|c| c.payload.to_json()).collect();
+    let mut hash = Sha256::new();
+    hash.update(route.as_bytes());
+    hash.update([0]);
+    hash.update(serde_json::Value::Array(payloads).to_string().as_bytes());
+    hash.finalize().to_vec()
+}
+
+/// Whose Idempotency-Keys these are (see `ClientScope`).
+fn scope(request: &poem::Request) -> Vec<u8> {
+    request
+        .extensions()
+        .get::<ClientScope>()
+        .map(|scope| scope.0.clone())
+        .unwrap_or_default()
 }
 
 fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
@@ -85,6 +139,7 @@ impl CallsApi {
     /// Stores the call as `PENDING`; the dispatcher dials it when its turn comes. With an
     /// `Idempotency-Key`, a repeat of the same key and body within 24 hours answers the
     /// first call again instead of creating another; the same key with another body is 409.
+    /// Keys are scoped by API key: one client's key never answers another's call.
     #[oai(path = "/calls", method = "post", operation_id = "createCall")]
     async fn create(
         &self,
@@ -94,52 +149,66 @@ impl CallsApi {
         idempotency_key: Header<Option<String>>,
         request: &poem::Request,
     ) -> Result<CreatedCall, ApiError> {
-        if idempotency_key.0.is_none() && request.headers().contains_key("idempotency-key") {
-            // Present but not text: ignoring it would silently drop the protection asked for.
-            return Err(ApiError::bad_request(
-                "INVALID_IDEMPOTENCY_KEY",
-                "the Idempotency-Key header may hold only visible ASCII characters",
-            ));
-        }
+        let key = checked_key(&idempotency_key, request)?;
         let payload = parse_request(body.0).map_err(ApiError::validation)?;
         let call = NewCall::new(payload);
         let id = call.id;
-        let outcome = match idempotency_key.0.as_deref() {
+        let outcome = match key {
             Some(key) => {
-                check_idempotency_key(key)?;
-                let hash = Sha256::digest(call.payload.to_json().to_string().as_bytes());
-                db::create_call_idempotent(&self.state.pool, &call, key, &hash).await
+                let calls = std::slice::from_ref(&call);
+                let (scope, hash) = (scope(request), request_hash("call", calls));
+                let key = IdempotencyKey {
+                    scope: &scope,
+                    key,
+                    request_hash: &hash,
+                };
+                db::create_idempotent(&self.state.pool, calls, key).await
             }
             // Creates that arrive together are stored together (group commit).
             None => match self.state.creates.submit(fastrand::u64(..), call).await {
-                Ok(created) => created.map(CreateOutcome::Created),
+                Ok(created) => created.map(|call| CreateOutcome::Created(vec![call])),
                 Err(lost) => return Err(ApiError::internal(&lost)),
             },
         }
         .map_err(|err| ApiError::from_db(err, id))?;
-        Ok(match outcome {
-            CreateOutcome::Created(call) => {
+        let (mut calls, replayed) = match outcome {
+            CreateOutcome::Created(calls) => {
                 self.state.wakeup.wake();
-                tracing::info!(call_id = %call.id, "call created");
-                CreatedCall::Created(Json(CallEnvelope::new(call.into())), None)
+                (calls, None)
             }
-            CreateOutcome::Replayed(call) => {
-                CreatedCall::Created(Json(CallEnvelope::new(call.into())), Some("true".into()))
-            }
-        })
+            CreateOutcome::Replayed(calls) => (calls, Some("true".to_owned())),
+        };
+        let call = calls.pop().ok_or_else(|| ApiError::from_db(db::DbError::NotFound, id))?;
+        if replayed.is_none() {
+            tracing::info!(call_id = %call.id, "call created");
+        }
+        Ok(CreatedCall::Created(
+            Json(CallEnvelope::new(call.into())),
+            replayed,
+        ))
     }
 
     /// Create up to 1000 calls at once
     ///
     /// All or nothing, in one transaction: when any item is invalid, the answer is 400 with
     /// each bad item named by its index (from 0) and no call is created. The calls count as
-    /// created in their order in the batch, which is the order they are dialed in.
+    /// created in their order in the batch, which is the order they are dialed in. An
+    /// `Idempotency-Key` works as on a single create, for the whole batch: a client whose
+    /// connection dropped can send the batch again and gets the calls stored the first time.
     #[oai(
         path = "/calls/batch",
         method = "post",
         operation_id = "createCallsBatch"
     )]
-    async fn batch(&self, body: Json<BatchCreateRequest>) -> Result<CreatedCalls, ApiError> {
+    async fn batch(
+        &self,
+        body: Json<BatchCreateRequest>,
+        /// Any string of 1 to 255 visible ASCII characters that names this request.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+        request: &poem::Request,
+    ) -> Result<CreatedCalls, ApiError> {
+        let key = checked_key(&idempotency_key, request)?;
         let items = body.0.calls;
         if items.is_empty() || items.len() > MAX_BATCH {
             return Err(ApiError::bad_request(
@@ -189,12 +258,38 @@ impl CallsApi {
                 details,
             )));
         }
-        let created = db::create_calls(&self.state.pool, &calls).await?;
-        self.state.wakeup.wake();
-        tracing::info!(count = created.len(), "batch created");
-        Ok(CreatedCalls::Created(Json(CallsEnvelope::new(
-            created.into_iter().map(Call::from).collect(),
-        ))))
+        let (created, replayed) = match key {
+            Some(key) => {
+                let (scope, hash) = (scope(request), request_hash("batch", &calls));
+                let key = IdempotencyKey {
+                    scope: &scope,
+                    key,
+                    request_hash: &hash,
+                };
+                match db::create_idempotent(&self.state.pool, &calls, key).await {
+                    Ok(CreateOutcome::Created(created)) => (created, None),
+                    Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
+                    Err(db::DbError::IdempotencyConflict) => {
+                        return Err(ApiError::from_db(
+                            db::DbError::IdempotencyConflict,
+                            Uuid::nil(),
+                        ));
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            None => (db::create_calls(&self.state.pool, &calls).await?, None),
+        };
+        if replayed.is_none() {
+            self.state.wakeup.wake();
+            tracing::info!(count = created.len(), "batch created");
+        }
+        Ok(CreatedCalls::Created(
+            Json(CallsEnvelope::new(
+                created.into_iter().map(Call::from).collect(),
+            )),
+            replayed,
+        ))
     }
 
     /// Get a call
@@ -283,8 +378,8 @@ impl CallsApi {
                 format!("`limit` must be between 1 and {MAX_LIMIT}; it is {limit}"),
             ));
         }
-        let to = match to.0.as_deref() {
-            Some(raw) => Some(PhoneNumber::parse(raw).map_err(|err| {
+        let to = match to.0.as_deref().map(plus_decoded_as_space) {
+            Some(raw) => Some(PhoneNumber::parse(&raw).map_err(|err| {
                 ApiError::bad_request("INVALID_PARAMETER", format!("`to` {err}"))
             })?),
             None => None,
@@ -312,19 +407,52 @@ impl CallsApi {
     ///
     /// Everything that happened to the call, oldest first: created, updated, each attempt
     /// dialed and the provider's answer, each webhook received, retries scheduled, expiry,
-    /// cancellation.
+    /// cancellation. A page at a time: `limit` entries (default 100, at most 1000), and the
+    /// next page from `after` = the previous page's `pagination.nextCursor` (null on the
+    /// last page).
     #[oai(
         path = "/calls/:id/events",
         method = "get",
         operation_id = "listCallEvents"
     )]
-    async fn events(&self, id: Path<Uuid>) -> Result<Json<EventsEnvelope>, ApiError> {
-        let events = db::list_events(&self.state.pool, id.0)
+    async fn events(
+        &self,
+        id: Path<Uuid>,
+        /// Entries per page, 1 to 1000 (default 100).
+        limit: Query<Option<i64>>,
+        /// The `pagination.nextCursor` of the previous page.
+        after: Query<Option<String>>,
+    ) -> Result<Json<EventPage>, ApiError> {
+        let limit = limit.0.unwrap_or(DEFAULT_EVENTS_LIMIT);
+        if !(1..=MAX_EVENTS_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "INVALID_PARAMETER",
+                format!("`limit` must be between 1 and {MAX_EVENTS_LIMIT}; it is {limit}"),
+            ));
+        }
+        let after = match after.0.as_deref() {
+            None => None,
+            Some(raw) => Some(raw.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| {
+                ApiError::bad_request(
+                    "INVALID_PARAMETER",
+                    "`after` must be the `nextCursor` of an earlier page",
+                )
+            })?),
+        };
+        let (events, more) = db::list_events(&self.state.pool, id.0, after, limit)
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
-        Ok(Json(EventsEnvelope::new(
-            events.into_iter().map(Into::into).collect(),
-        )))
+        let next_cursor = more
+            .then(|| events.last().map(|e| e.id.to_string()))
+            .flatten();
+        Ok(Json(EventPage {
+            success: true,
+            data: events.into_iter().map(Into::into).collect(),
+            pagination: CursorPagination {
+                limit: limit as u32,
+                next_cursor,
+            },
+        }))
     }
 
     /// Calls by status

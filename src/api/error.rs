@@ -15,7 +15,8 @@ pub enum ApiError {
     /// The request is malformed or invalid; nothing was written.
     #[oai(status = 400)]
     BadRequest(Json<ErrorEnvelope>),
-    /// `API_KEYS` is set and the request does not carry one of them.
+    /// `API_KEYS` is set and the request does not carry one of them; or a webhook that
+    /// proves nothing of its origin.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorEnvelope>),
     /// No such call.
@@ -83,6 +84,10 @@ impl ApiError {
             format!("no call has the id {id}"),
             Vec::new(),
         ))
+    }
+
+    pub fn unauthorized(code: &str, message: impl Into<String>) -> Self {
+        Self::Unauthorized(envelope(code, message, Vec::new()))
     }
 
     pub fn conflict(code: &str, message: impl Into<String>) -> Self {

@@ -49,13 +49,11 @@ impl HealthApi {
     /// claim duration, how long due calls waited for a slot, the time from a wake-up (slot
     /// freed, call due) to the claim it led to, provider requests by outcome
     /// and their duration, webhooks by outcome, failed attempts by fate, expiries and
-    /// rescues. Counters are this replica's own; the call counts are the database's.
+    /// rescues. Counters are this replica's own; the call counts are the database's. With
+    /// `METRICS_REQUIRE_API_KEY` it asks for one of `API_KEYS`; with `METRICS_PORT` it is
+    /// served on that port alone.
     #[oai(path = "/metrics", method = "get", operation_id = "prometheusMetrics")]
     async fn prometheus(&self) -> PlainText<String> {
-        let counts = db::count_by_status(&self.state.pool).await.ok();
-        PlainText(crate::metrics::render(
-            counts.as_deref(),
-            self.state.max_concurrent_calls,
-        ))
+        PlainText(super::prometheus_text(&self.state).await)
     }
 }

@@ -3,6 +3,7 @@
 mod calls;
 mod error;
 mod health;
+pub mod listener;
 pub mod models;
 mod webhooks;
 
@@ -19,7 +20,7 @@ use sqlx::PgPool;
 
 use crate::{
     config::Config,
-    domain::RetryPolicy,
+    domain::{RetryPolicy, WebhookTokens},
     worker::{WEBHOOK_PATH, WorkerSettings},
 };
 
@@ -32,6 +33,13 @@ pub const MAX_BATCH_BODY: usize = 20 * 1024 * 1024;
 pub const MAX_BODY: usize = 64 * 1024;
 /// How long `/health` waits for the database.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest path and query accepted (hyper itself answers 414, without a body, past 64 KiB).
+pub const MAX_URI: usize = 8 * 1024;
+
+/// Who sent a request, as far as Idempotency-Keys are concerned: the SHA-256 of its API
+/// key, or empty when the service runs without `API_KEYS`. Set by the guard.
+#[derive(Clone, Debug, Default)]
+pub struct ClientScope(pub Vec<u8>);
 
 /// What the handlers share.
 pub struct ApiState {
@@ -50,12 +58,22 @@ pub struct ApiState {
     pub creates: crate::db::CreateBatcher,
     /// Applies webhooks that arrive together in one transaction.
     pub webhooks: crate::db::WebhookBatcher,
+    /// Checks the token of a webhook's URL.
+    pub tokens: WebhookTokens,
+    /// Requests handled at once (`HTTP_MAX_IN_FLIGHT`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// How long a client has to send a request body (`HTTP_READ_TIMEOUT`).
+    pub read_timeout: Duration,
+    /// `/metrics` asks for an API key (`METRICS_REQUIRE_API_KEY`).
+    pub metrics_need_key: bool,
+    /// `/metrics` is served on a port of its own, not here (`METRICS_PORT`).
+    pub metrics_elsewhere: bool,
 }
 
 impl ApiState {
-    pub fn new(config: &Config, pool: PgPool) -> Self {
+    pub fn new(config: &Config, pool: PgPool, tokens: WebhookTokens) -> Self {
         crate::metrics::handle();
-        let settings = WorkerSettings::from_config(config);
+        let settings = WorkerSettings::from_config(config, tokens.clone());
         let policy = settings.policy;
         let batch_pool = pool.clone();
         // Up to four lanes, each holding one connection while it writes.
@@ -91,6 +109,13 @@ impl ApiState {
                 .iter()
                 .filter_map(|secret| standardwebhooks::Webhook::new(secret.expose()).ok())
                 .collect(),
+            tokens,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.http_max_in_flight as usize,
+            )),
+            read_timeout: config.http_read_timeout,
+            metrics_need_key: config.metrics_require_api_key,
+            metrics_elsewhere: config.metrics_port.is_some(),
         }
     }
 }
@@ -143,7 +168,8 @@ pub fn openapi_yaml() -> String {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://localhost/unused")
             .expect("a constant URL parses");
-        service(Arc::new(ApiState::new(&Config::default(), pool))).spec_yaml()
+        let tokens = WebhookTokens::new(Vec::new());
+        service(Arc::new(ApiState::new(&Config::default(), pool, tokens))).spec_yaml()
     };
     if tokio::runtime::Handle::try_current().is_ok() {
         return build();
@@ -173,15 +199,67 @@ pub fn app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
         .into_endpoint()
 }
 
-/// Runs before every route: reads the body up front with a per-route limit (so that an
-/// oversized body is a 413 whether or not it declares its length), checks `API_KEYS`, and
-/// verifies webhook signatures against the exact bytes received.
+/// Runs before every route, in this order: a bound on the requests in flight; the API key
+/// (`API_KEYS`), checked before a byte of the body is read; the body, read up front within
+/// a per-route limit (so that an oversized body is a 413 whether or not it declares its
+/// length) and a time limit, refused if it holds U+0000; and webhook signatures, verified
+/// against the exact bytes received.
 async fn guard<E: Endpoint>(
     state: Arc<ApiState>,
     next: Arc<E>,
     mut req: Request,
 ) -> poem::Result<Response> {
+    let Ok(_in_flight) = state.in_flight.clone().try_acquire_owned() else {
+        let mut response = fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            "the service is handling as many requests as it takes at once; retry shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Ok(response);
+    };
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI {
+        return Ok(fail(
+            StatusCode::URI_TOO_LONG,
+            "URI_TOO_LONG",
+            &format!("the path and query may hold at most {MAX_URI} bytes"),
+        ));
+    }
     let path = req.uri().path().to_owned();
+    let is_webhook = path == WEBHOOK_PATH;
+    let is_metrics = path == "/metrics";
+    if is_metrics && state.metrics_elsewhere {
+        return Ok(fail(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such route: /metrics is served on METRICS_PORT",
+        ));
+    }
+    let needs_key = !state.api_key_digests.is_empty()
+        && ((path.starts_with("/api/v1/") && !is_webhook) || (is_metrics && state.metrics_need_key));
+    if needs_key {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token);
+        let known = presented.map(digest).filter(|key| {
+            // Compare digests, in constant time, so the keys leak nothing through timing.
+            state.api_key_digests.iter().fold(false, |found, known| {
+                found | bool::from(subtle::ConstantTimeEq::ct_eq(&key[..], &known[..]))
+            })
+        });
+        let Some(key) = known else {
+            return Ok(refuse(
+                "UNAUTHORIZED",
+                "send `Authorization: Bearer <key>` with one of the service's API keys",
+            ));
+        };
+        req.extensions_mut().insert(ClientScope(key.to_vec()));
+    }
     let limit = if path == "/api/v1/calls/batch" {
         MAX_BATCH_BODY
     } else {
@@ -195,12 +273,24 @@ async fn guard<E: Endpoint>(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
     }
-    let body = req
-        .take_body()
-        .into_bytes_limit(limit)
-        .await
-        .map_err(poem::Error::from)?;
-    let is_webhook = path == WEBHOOK_PATH;
+    let reading = req.take_body().into_bytes_limit(limit);
+    let body = match tokio::time::timeout(state.read_timeout, reading).await {
+        Ok(body) => body.map_err(poem::Error::from)?,
+        Err(_) => {
+            return Ok(fail(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "the request body did not arrive in time",
+            ));
+        }
+    };
+    if holds_nul(&body) {
+        return Ok(fail(
+            StatusCode::BAD_REQUEST,
+            "INVALID_BODY",
+            "the request body holds U+0000, which no field may hold",
+        ));
+    }
     if is_webhook && !state.webhook_verifiers.is_empty() {
         let verified = state
             .webhook_verifiers
@@ -214,33 +304,43 @@ async fn guard<E: Endpoint>(
             ));
         }
     }
-    if path.starts_with("/api/v1/") && !is_webhook && !state.api_key_digests.is_empty() {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let allowed = presented.is_some_and(|key| {
-            // Compare digests, in constant time, so the keys leak nothing through timing.
-            let key = digest(key);
-            state.api_key_digests.iter().fold(false, |found, known| {
-                let diff = key
-                    .iter()
-                    .zip(known.iter())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-                found | (diff == 0)
-            })
-        });
-        if !allowed {
-            return Ok(refuse(
-                "UNAUTHORIZED",
-                "send `Authorization: Bearer <key>` with one of the service's API keys",
-            ));
-        }
-    }
     req.set_body(body);
     next.call(req).await.map(poem::IntoResponse::into_response)
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// Whether a body holds U+0000, raw or as a JSON escape (`\u0000`): PostgreSQL cannot store
+/// it in text or jsonb, and no field of this API has a use for it. A backslash escapes the
+/// byte after it, so an escaped backslash followed by `u0000` is text, not a NUL.
+fn holds_nul(body: &[u8]) -> bool {
+    if body.contains(&0) {
+        return true;
+    }
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] == b'\\' {
+            if body.get(i + 1) == Some(&b'u')
+                && body
+                    .get(i + 2..i + 6)
+                    .is_some_and(|hex| hex.iter().all(|b| *b == b'0'))
+            {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -249,8 +349,58 @@ fn digest(key: &str) -> [u8; 32] {
     out
 }
 
-fn refuse(code: &str, message: &str) -> Response {
+fn fail(status: StatusCode, code: &str, message: &str) -> Response {
     let mut response = error::envelope(code, message, Vec::new()).into_response();
-    response.set_status(StatusCode::UNAUTHORIZED);
+    response.set_status(status);
     response
+}
+
+fn refuse(code: &str, message: &str) -> Response {
+    fail(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// The Prometheus text, as `GET /metrics` serves it on `PORT` or on `METRICS_PORT`.
+pub async fn prometheus_text(state: &ApiState) -> String {
+    let counts = crate::db::count_by_status(&state.pool).await.ok();
+    crate::metrics::render(counts.as_deref(), state.max_concurrent_calls)
+}
+
+/// The listener of `METRICS_PORT`: `GET /metrics` and nothing else.
+pub fn metrics_app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
+    Route::new()
+        .at(
+            "/metrics",
+            poem::get(poem::endpoint::make(move |_| {
+                let state = state.clone();
+                async move { prometheus_text(&state).await }
+            })),
+        )
+        .into_endpoint()
+        .map_to_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_found_raw_and_escaped_but_not_in_escaped_backslashes() {
+        assert!(holds_nul(b"{\"a\": \"x\0y\"}"));
+        assert!(holds_nul(br#"{"k\u0000": null}"#));
+        assert!(holds_nul(br#"{"a": "\u0000"}"#));
+        assert!(!holds_nul(br#"{"a": "\\u0000"}"#));
+        assert!(!holds_nul(br#"{"a": "\u0001 \n \"q\""}"#));
+        assert!(!holds_nul(b"{\"a\": \"\\\\\"}"));
+        assert!(!holds_nul(b"trailing backslash \\"));
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("bearer k1"), Some("k1"));
+        assert_eq!(bearer_token("BEARER  k1 "), Some("k1"));
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+    }
 }

@@ -13,6 +13,50 @@ use uuid::Uuid;
 
 use crate::domain::{self, CallStatus, EventKind};
 
+/// A JSON string and nothing else: poem-openapi's `String` also takes a number or a
+/// boolean and stores its text (`"scriptId": 42` as `"42"`), which hides a client's bug.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl Type for Text {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        String::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Text {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(text)) => Ok(Self(text)),
+            other => Err(poem_openapi::types::ParseError::expected_type(
+                other.unwrap_or_default(),
+            )),
+        }
+    }
+}
+
+impl ToJSON for Text {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
 /// A call's status. `PENDING` and `IN_PROGRESS` are live, the others final.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -133,9 +177,9 @@ impl From<domain::Call> for Call {
 pub struct CreateCallRequest {
     /// The number to call in E.164; spaces, dashes, dots and parentheses are removed first.
     /// A number without the leading `+` is rejected.
-    pub to: String,
+    pub to: Text,
     /// 1 to 128 characters of letters, digits, `_ - . :`.
-    pub script_id: String,
+    pub script_id: Text,
     /// A JSON object of at most 16 KiB handed to the script; `{}` when absent.
     pub metadata: Option<BTreeMap<String, Value>>,
 }
@@ -144,8 +188,8 @@ impl poem_openapi::types::Example for CreateCallRequest {
     fn example() -> Self {
         let example = Payload::example();
         Self {
-            to: example.to,
-            script_id: example.script_id,
+            to: Text(example.to),
+            script_id: Text(example.script_id),
             metadata: Some(example.metadata),
         }
     }
@@ -227,6 +271,7 @@ pub enum EventType {
     Failed,
     Expired,
     Rescued,
+    DialUnknown,
 }
 
 impl From<EventKind> for EventType {
@@ -245,6 +290,7 @@ impl From<EventKind> for EventType {
             EventKind::Failed => Self::Failed,
             EventKind::Expired => Self::Expired,
             EventKind::Rescued => Self::Rescued,
+            EventKind::DialUnknown => Self::DialUnknown,
         }
     }
 }
@@ -373,11 +419,24 @@ envelope!(
     CallsEnvelope,
     Vec<Call>
 );
-envelope!(
-    /// A call's timeline, oldest first.
-    EventsEnvelope,
-    Vec<Event>
-);
+/// Where the next page starts.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct CursorPagination {
+    pub limit: u32,
+    /// Pass as `after` for the next page; null on the last page.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a call's timeline, oldest first.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct EventPage {
+    pub success: bool,
+    pub data: Vec<Event>,
+    pub pagination: CursorPagination,
+}
 
 /// One page of calls, newest first.
 #[derive(Object, Clone, Debug)]

@@ -6,7 +6,7 @@ use chrono::DateTime;
 use poem_openapi::{Enum, Object, OpenApi, param::Query, payload::Json};
 use uuid::Uuid;
 
-use super::{ApiState, ApiTags, error::ApiError};
+use super::{ApiState, ApiTags, error::ApiError, models::Text};
 use crate::db::{self, DbError, ProviderStatus, WebhookEffect, WebhookOutcome, WebhookUpdate};
 
 /// A call's status as the provider reports it.
@@ -42,18 +42,19 @@ impl From<WebhookStatus> for ProviderStatus {
 #[derive(Object, Clone, Debug)]
 #[oai(rename_all = "camelCase")]
 pub struct WebhookPayload {
-    /// The provider's id of the attempt, as it answered the dial request.
-    pub call_id: String,
+    /// The provider's id of the attempt, as it answered the dial request: 1 to 255
+    /// letters, digits and `_ - . : ~ + / = @`.
+    pub call_id: Text,
     pub status: WebhookStatus,
     /// Length of the call in seconds, for `COMPLETED`.
     #[oai(nullable)]
     pub duration_sec: Option<i64>,
     /// When the call ended (RFC 3339).
     #[oai(nullable)]
-    pub completed_at: Option<String>,
+    pub completed_at: Option<Text>,
     /// Why the call did not complete, for the failures.
     #[oai(nullable)]
-    pub reason: Option<String>,
+    pub reason: Option<Text>,
 }
 
 /// The webhook was taken.
@@ -75,7 +76,6 @@ pub struct WebhooksApi {
     pub state: Arc<ApiState>,
 }
 
-const MAX_ID_LEN: usize = 255;
 const MAX_REASON_LEN: usize = 2000;
 const MAX_DURATION_SEC: i64 = 7 * 24 * 3600;
 
@@ -104,12 +104,22 @@ fn parse_one_reference(raw: &str) -> Result<(Uuid, i32), ApiError> {
     Ok((id, attempt))
 }
 
-fn validate(
-    body: WebhookPayload,
+/// What proves a webhook's origin, found before its body is read.
+struct Proof {
+    /// The verified reference of the URL, if it carried one.
     reference: Option<(Uuid, i32)>,
-) -> Result<WebhookUpdate, ApiError> {
-    if body.call_id.is_empty() || body.call_id.len() > MAX_ID_LEN || body.call_id.contains('\0') {
-        return Err(invalid("`callId` must hold 1 to 255 characters"));
+    /// Signed (`WEBHOOK_SECRET`) or carrying a valid token.
+    authenticated: bool,
+    /// The signed webhook's `webhook-id`.
+    webhook_id: Option<String>,
+}
+
+fn validate(body: WebhookPayload, proof: Proof) -> Result<WebhookUpdate, ApiError> {
+    let call_id = body.call_id.0;
+    if !crate::domain::is_provider_call_id(&call_id) {
+        return Err(invalid(
+            "`callId` must hold 1 to 255 letters, digits and `_ - . : ~ + / = @`",
+        ));
     }
     let duration_sec = match body.duration_sec {
         Some(d) if !(0..=MAX_DURATION_SEC).contains(&d) => {
@@ -120,33 +130,37 @@ fn validate(
         Some(d) => Some(d as i32),
         None => None,
     };
-    if let Some(at) = &body.completed_at {
+    let completed_at = body.completed_at.map(|at| at.0);
+    if let Some(at) = &completed_at {
         DateTime::parse_from_rfc3339(at).map_err(|_| {
             invalid("`completedAt` must be an RFC 3339 time, e.g. 2025-07-25T10:00:00Z")
         })?;
     }
     let reason = body.reason.as_ref().map(|r| {
-        r.chars()
+        r.0.chars()
             .filter(|c| *c != '\0')
             .take(MAX_REASON_LEN)
             .collect::<String>()
     });
-    let mut echo = serde_json::json!({"callId": body.call_id, "status": ProviderStatus::from(body.status).as_str()});
+    let mut echo =
+        serde_json::json!({"callId": call_id, "status": ProviderStatus::from(body.status).as_str()});
     if let Some(d) = duration_sec {
         echo["durationSec"] = d.into();
     }
-    if let Some(at) = &body.completed_at {
-        echo["completedAt"] = at.clone().into();
+    if let Some(at) = completed_at {
+        echo["completedAt"] = at.into();
     }
     if let Some(r) = &reason {
         echo["reason"] = r.clone().into();
     }
     Ok(WebhookUpdate {
-        provider_call_id: body.call_id,
+        provider_call_id: call_id,
         status: body.status.into(),
         duration_sec,
         reason,
-        reference,
+        reference: proof.reference,
+        authenticated: proof.authenticated,
+        webhook_id: proof.webhook_id,
         body: echo,
     })
 }
@@ -159,9 +173,14 @@ impl WebhooksApi {
     /// `RINGING` and `IN_PROGRESS` are recorded on the timeline; `COMPLETED` completes the
     /// call; `FAILED`, `BUSY`, `NO_ANSWER` and `VOICEMAIL` fail the attempt (retried with
     /// backoff while attempts remain). Only the attempt named by `callId` is affected; a
-    /// repeat of a final webhook is answered 200 and changes nothing. With `WEBHOOK_SECRET`
-    /// set, the request must carry a valid Standard Webhooks signature (`webhook-id`,
-    /// `webhook-timestamp`, `webhook-signature`), else 401. Not behind `API_KEYS`.
+    /// repeat of a final webhook is answered 200 and changes nothing.
+    ///
+    /// Who may send it: with `WEBHOOK_SECRET` set, the request must carry a valid Standard
+    /// Webhooks signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`), else
+    /// 401; an exact replay of a `webhook-id` is a duplicate. Without it, the URL the
+    /// service handed to the provider for the attempt carries `ref` and `token`, and a
+    /// webhook naming a known `callId` without the token of its attempt is 401. Not behind
+    /// `API_KEYS`.
     #[oai(
         path = "/callbacks/call-status",
         method = "post",
@@ -174,10 +193,42 @@ impl WebhooksApi {
         /// to the provider.
         #[oai(name = "ref")]
         reference: Query<Option<String>>,
+        /// The attempt's token, beside `ref` in the webhook URL.
+        token: Query<Option<String>>,
+        request: &poem::Request,
     ) -> Result<Json<WebhookAckEnvelope>, ApiError> {
-        let update = parse_reference(reference.0.as_deref())
-            .and_then(|reference| validate(body.0, reference))
-            .inspect_err(|_| crate::metrics::webhook("invalid"))?;
+        let reference =
+            parse_reference(reference.0.as_deref()).inspect_err(|_| crate::metrics::webhook("invalid"))?;
+        let reference = match reference {
+            Some((id, attempt)) => {
+                let valid = token
+                    .0
+                    .as_deref()
+                    .is_some_and(|token| self.state.tokens.verify(id, attempt, token));
+                if !valid {
+                    crate::metrics::webhook("bad_token");
+                    return Err(ApiError::unauthorized(
+                        "INVALID_WEBHOOK_TOKEN",
+                        "the webhook URL's `token` is missing or is not the token of its `ref`",
+                    ));
+                }
+                Some((id, attempt))
+            }
+            None => None,
+        };
+        // The guard has verified the signature already when a secret is set.
+        let signed = !self.state.webhook_verifiers.is_empty();
+        let proof = Proof {
+            reference,
+            authenticated: signed || reference.is_some(),
+            webhook_id: signed
+                .then(|| request.headers().get("webhook-id"))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| !id.is_empty() && id.len() <= 255)
+                .map(str::to_owned),
+        };
+        let update = validate(body.0, proof).inspect_err(|_| crate::metrics::webhook("invalid"))?;
         let (provider_call_id, status) = (update.provider_call_id.clone(), update.status);
         let applied = self
             .state
@@ -199,10 +250,24 @@ impl WebhooksApi {
         crate::metrics::webhook(match &effect {
             Ok(WebhookEffect::Applied) => "applied",
             Ok(WebhookEffect::Duplicate) => "duplicate",
+            Ok(WebhookEffect::Unauthenticated) => "unauthenticated",
+            Ok(WebhookEffect::Mismatch) => "mismatch",
             Err(DbError::NotFound) => "unknown_call",
             Err(_) => "error",
         });
         match effect {
+            Ok(WebhookEffect::Unauthenticated) => {
+                tracing::warn!(%provider_call_id, "webhook refused: neither signed nor carrying its token");
+                Err(ApiError::unauthorized(
+                    "WEBHOOK_NOT_AUTHENTICATED",
+                    "this webhook proves nothing of its origin: it must come to the URL the \
+                     service handed to the provider, with its `ref` and `token`",
+                ))
+            }
+            Ok(WebhookEffect::Mismatch) => Err(ApiError::conflict(
+                "WEBHOOK_MISMATCH",
+                "the `callId` belongs to another attempt than the one this webhook URL names",
+            )),
             Ok(effect) => {
                 tracing::info!(%provider_call_id, status = status.as_str(), ?effect, "webhook");
                 Ok(Json(WebhookAckEnvelope {

@@ -114,9 +114,20 @@ impl NewCall {
 /// What a create with an `Idempotency-Key` came to.
 #[derive(Debug)]
 pub enum CreateOutcome {
-    Created(Call),
-    /// The key was used within 24 hours with the same body: the first call.
-    Replayed(Call),
+    /// The calls, created now.
+    Created(Vec<Call>),
+    /// The key was used within 24 hours with the same body: the calls of that request.
+    Replayed(Vec<Call>),
+}
+
+/// An `Idempotency-Key` as one client sent it with one request.
+#[derive(Clone, Copy, Debug)]
+pub struct IdempotencyKey<'a> {
+    /// Whose key it is: the SHA-256 of the client's API key, or empty without `API_KEYS`.
+    pub scope: &'a [u8],
+    pub key: &'a str,
+    /// Hash of the request it came with (the route and the normalised body).
+    pub request_hash: &'a [u8],
 }
 
 async fn insert_calls<'e, E>(executor: E, calls: &[NewCall]) -> Result<Vec<Call>, sqlx::Error>
@@ -175,42 +186,51 @@ async fn create_one(pool: &PgPool, call: &NewCall) -> Result<Call, DbError> {
     created.pop().ok_or(DbError::NotFound)
 }
 
-/// Stores one call under an `Idempotency-Key` (with the hash of the request it came with):
-/// a repeat within 24 hours answers the first call. Creates without a key go through
-/// `create_each`.
-pub async fn create_call_idempotent(
+/// Stores calls (one, or a batch, all or nothing) under an `Idempotency-Key`, in the same
+/// transaction: a repeat within 24 hours with the same request answers the calls the
+/// first one stored, another request under the same key is `IdempotencyConflict`. Keys
+/// are the client's own (`IdempotencyKey::scope`): one client's key never answers
+/// another's calls. Creates without a key go through `create_each` or `create_calls`.
+pub async fn create_idempotent(
     pool: &PgPool,
-    call: &NewCall,
-    key: &str,
-    hash: &[u8],
+    calls: &[NewCall],
+    key: IdempotencyKey<'_>,
 ) -> Result<CreateOutcome, DbError> {
+    let ids: Vec<Uuid> = calls.iter().map(|c| c.id).collect();
+    let first = *ids.first().ok_or(DbError::NotFound)?;
     // A key can expire between our failed claim and our look-up; a few rounds settle it.
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
-        let mut created = insert_calls(&mut *tx, std::slice::from_ref(call)).await?;
+        let created = insert_calls(&mut *tx, calls).await?;
         let claimed: Option<Uuid> =
             sqlx::query_scalar(include_str!("../../sql/queries/claim_idempotency_key.sql"))
-                .bind(key)
-                .bind(hash)
-                .bind(call.id)
+                .bind(key.scope)
+                .bind(key.key)
+                .bind(key.request_hash)
+                .bind(first)
+                .bind(&ids)
                 .fetch_optional(&mut *tx)
                 .await?;
         if claimed.is_some() {
             tx.commit().await?;
-            return Ok(CreateOutcome::Created(created.remove(0)));
+            return Ok(CreateOutcome::Created(created));
         }
         tx.rollback().await?;
-        let existing: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
-            "SELECT request_hash, call_id FROM idempotency_keys
-             WHERE key = $1 AND created_at >= now() - interval '24 hours'",
+        let existing: Option<(Vec<u8>, Uuid, Option<Vec<Uuid>>)> = sqlx::query_as(
+            "SELECT request_hash, call_id, call_ids FROM idempotency_keys
+             WHERE scope = $1 AND key = $2 AND created_at >= now() - interval '24 hours'",
         )
-        .bind(key)
+        .bind(key.scope)
+        .bind(key.key)
         .fetch_optional(pool)
         .await?;
         match existing {
-            Some((stored, _)) if stored != hash => return Err(DbError::IdempotencyConflict),
-            Some((_, call_id)) => {
-                return get_call(pool, call_id).await.map(CreateOutcome::Replayed);
+            Some((stored, _, _)) if stored != key.request_hash => {
+                return Err(DbError::IdempotencyConflict);
+            }
+            Some((_, call_id, call_ids)) => {
+                let ids = call_ids.unwrap_or_else(|| vec![call_id]);
+                return get_calls(pool, &ids).await.map(CreateOutcome::Replayed);
             }
             None => continue,
         }
@@ -218,6 +238,21 @@ pub async fn create_call_idempotent(
     Err(DbError::Other(sqlx::Error::Protocol(
         "Idempotency-Key kept changing hands".into(),
     )))
+}
+
+/// Calls by id, in the order of `ids`; `NotFound` if one is missing.
+async fn get_calls(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Call>, DbError> {
+    let rows: Vec<CallRow> = sqlx::query_as(
+        "SELECT c.* FROM unnest($1::uuid[]) WITH ORDINALITY AS i (id, ord)
+         JOIN calls c ON c.id = i.id ORDER BY i.ord",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    if rows.len() != ids.len() {
+        return Err(DbError::NotFound);
+    }
+    Ok(rows.into_iter().map(Call::from).collect())
 }
 
 /// One call by id.

@@ -32,6 +32,17 @@ pub struct Claimed {
     pub attempt: i32,
     /// When the call fell due, for a fresh claim (not for a rescue).
     pub due_at: Option<DateTime<Utc>>,
+    /// How often the attempt was taken over since it was claimed: from 1, the attempt may
+    /// have reached the provider already (its dialer died, or its answer was lost), so every
+    /// send of it is a resend, and only a clear answer settles it.
+    pub rescues: u32,
+}
+
+impl Claimed {
+    /// Whether the attempt may have reached the provider already.
+    pub fn resend(&self) -> bool {
+        self.rescues > 0
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -50,7 +61,12 @@ pub async fn claim(
     lease: Duration,
 ) -> Result<Vec<Claimed>, DbError> {
     for _ in 0..3 {
-        let mut tx = pool.begin().await?;
+        // READ COMMITTED, whatever the server's default: the claim's exactness argument
+        // (sql/queries/claim_calls.sql) rests on each statement's snapshot being taken after
+        // the lock was granted, which REPEATABLE READ or SERIALIZABLE would break.
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
@@ -73,6 +89,7 @@ pub async fn claim(
                             attempt: call.attempts,
                             call,
                             due_at: Some(row.due_at),
+                            rescues: 0,
                         }
                     })
                     .collect());
@@ -230,7 +247,7 @@ pub async fn expire_overdue(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid
 
 /// Takes over attempts whose dialer's lease ran out; returns them, ready to send again.
 pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claimed>, DbError> {
-    let taken: Vec<(Uuid, i32)> = sqlx::query_as(include_str!(
+    let taken: Vec<(Uuid, i32, i32)> = sqlx::query_as(include_str!(
         "../../sql/queries/take_abandoned_attempts.sql"
     ))
     .bind(lease.as_secs_f64())
@@ -238,11 +255,12 @@ pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claime
     .fetch_all(pool)
     .await?;
     let mut claimed = Vec::with_capacity(taken.len());
-    for (call_id, attempt) in taken {
+    for (call_id, attempt, rescues) in taken {
         claimed.push(Claimed {
             call: super::get_call(pool, call_id).await?,
             attempt,
             due_at: None,
+            rescues: rescues.max(1) as u32,
         });
     }
     Ok(claimed)
@@ -258,6 +276,17 @@ pub async fn purge_idempotency_keys(pool: &PgPool) -> Result<u64, DbError> {
     )
 }
 
+/// Forgets the `webhook-id`s of signed webhooks older than their signature's tolerance
+/// (5 minutes) with a margin: a replay that old fails its signature check anyway.
+pub async fn purge_webhook_receipts(pool: &PgPool) -> Result<u64, DbError> {
+    Ok(
+        sqlx::query("DELETE FROM webhook_receipts WHERE received_at < now() - interval '10 minutes'")
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// The state of a call and of one of its attempts, locked for the transaction.
 pub(crate) struct Locked {
     pub call_status: CallStatus,
@@ -266,6 +295,8 @@ pub(crate) struct Locked {
     pub attempt_id: i64,
     pub attempt_status: String,
     pub provider_call_id: Option<String>,
+    /// A final webhook was applied to the attempt already.
+    pub final_webhook: bool,
 }
 
 impl Locked {
@@ -293,8 +324,8 @@ pub(crate) async fn lock(
     let Some((status, attempts)) = call else {
         return Ok(None);
     };
-    let row: Option<(i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, status, provider_call_id FROM call_attempts
+    let row: Option<(i64, String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT id, status, provider_call_id, final_webhook_at IS NOT NULL FROM call_attempts
          WHERE call_id = $1 AND attempt = $2 AND status <> 'RATE_LIMITED'
          FOR UPDATE",
     )
@@ -303,13 +334,16 @@ pub(crate) async fn lock(
     .fetch_optional(&mut **tx)
     .await?;
     Ok(
-        row.map(|(attempt_id, attempt_status, provider_call_id)| Locked {
-            call_status: status.into(),
-            call_attempts: attempts,
-            attempt_id,
-            attempt_status,
-            provider_call_id,
-        }),
+        row.map(
+            |(attempt_id, attempt_status, provider_call_id, final_webhook)| Locked {
+                call_status: status.into(),
+                call_attempts: attempts,
+                attempt_id,
+                attempt_status,
+                provider_call_id,
+                final_webhook,
+            },
+        ),
     )
 }
 
@@ -391,9 +425,19 @@ impl CallMove<'_> {
     }
 }
 
+/// Who settles an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SettledBy {
+    /// The answer to the dial request.
+    Dial,
+    /// A final webhook: its repeats are duplicates from now on.
+    FinalWebhook,
+}
+
 /// Settles an attempt (`COMPLETED`, `FAILED`, `RATE_LIMITED`) and moves its call, in one
 /// statement (`sql/queries/settle_attempt.sql`); `first` is the timeline entry that says
 /// why. The caller holds the call's and the attempt's row locks.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn settle(
     tx: &mut Transaction<'_, Postgres>,
     call_id: Uuid,
@@ -402,6 +446,7 @@ pub(crate) async fn settle(
     outcome: (&str, Option<&str>),
     first: (&str, Value),
     call: CallMove<'_>,
+    by: SettledBy,
 ) -> Result<(), sqlx::Error> {
     // The call's new status, the delay before a retry, and the timeline entry that says so.
     let mut status = None;
@@ -453,6 +498,7 @@ pub(crate) async fn settle(
         .bind(uncounted)
         .bind(second_kind)
         .bind(second_detail)
+        .bind(by == SettledBy::FinalWebhook)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -17,30 +17,43 @@ struct EventRow {
     at: DateTime<Utc>,
 }
 
-/// The timeline of one call, oldest first; `NotFound` when the call does not exist. Its
-/// first entry, `CREATED` (id 0), is the call row itself: creating a call writes nothing
-/// else, which keeps ingest cheap.
-pub async fn list_events(pool: &PgPool, call_id: Uuid) -> Result<Vec<CallEvent>, DbError> {
+/// A page of the timeline of one call, oldest first: at most `limit` entries with an id
+/// above `after` (from the start when `None`), and whether more follow. `NotFound` when the
+/// call does not exist. Its first entry, `CREATED` (id 0), is the call row itself: creating
+/// a call writes nothing else, which keeps ingest cheap.
+pub async fn list_events(
+    pool: &PgPool,
+    call_id: Uuid,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<CallEvent>, bool), DbError> {
     let created: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT created_at FROM calls WHERE id = $1")
             .bind(call_id)
             .fetch_optional(pool)
             .await?;
     let created = created.ok_or(DbError::NotFound)?;
-    let rows: Vec<EventRow> =
-        sqlx::query_as("SELECT * FROM call_events WHERE call_id = $1 ORDER BY id")
-            .bind(call_id)
-            .fetch_all(pool)
-            .await?;
-    let first = CallEvent {
+    let first = after.is_none().then(|| CallEvent {
         id: 0,
         call_id,
         attempt: None,
         kind: EventKind::Created,
         detail: serde_json::json!({}),
         at: created,
-    };
-    std::iter::once(Ok(first))
+    });
+    // One more than fits, to tell whether another page follows.
+    let wanted = limit - i64::from(first.is_some()) + 1;
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT * FROM call_events WHERE call_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(call_id)
+    .bind(after.unwrap_or(0))
+    .bind(wanted)
+    .fetch_all(pool)
+    .await?;
+    let mut events = first
+        .into_iter()
+        .map(Ok)
         .chain(rows.into_iter().map(|row| {
             let kind = EventKind::parse(&row.kind).ok_or_else(|| {
                 sqlx::Error::Decode(format!("unknown event kind {}", row.kind).into())
@@ -54,5 +67,8 @@ pub async fn list_events(pool: &PgPool, call_id: Uuid) -> Result<Vec<CallEvent>,
                 at: row.at,
             })
         }))
-        .collect()
+        .collect::<Result<Vec<_>, DbError>>()?;
+    let more = events.len() as i64 > limit;
+    events.truncate(limit as usize);
+    Ok((events, more))
 }

@@ -15,12 +15,12 @@ use sqlx::{
 
 pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
-    CallFilter, CreateOutcome, NewCall, cancel_call, count_by_status, create_call_idempotent,
-    create_calls, create_each, get_call, list_calls, update_payload,
+    CallFilter, CreateOutcome, IdempotencyKey, NewCall, cancel_call, count_by_status,
+    create_calls, create_each, create_idempotent, get_call, list_calls, update_payload,
 };
 pub use dispatch::{
     Claimed, QUEUE_UPKEEP_LOCK, QueueUpkeep, claim, expire_overdue, next_due, owns_queue,
-    purge_idempotency_keys, queue_upkeep, take_abandoned,
+    purge_idempotency_keys, purge_webhook_receipts, queue_upkeep, take_abandoned,
 };
 pub use events::list_events;
 pub use outcomes::{
@@ -109,10 +109,27 @@ impl DbError {
         }
     }
 
+    /// A provider id (`callId`) that another attempt has already: the unique index on
+    /// `call_attempts.provider_call_id` refused it.
+    pub fn is_duplicate_provider_call_id(&self) -> bool {
+        matches!(self, DbError::Other(sqlx::Error::Database(db))
+            if db.constraint() == Some("call_attempts_provider_call_id_key"))
+    }
+
     /// An error that says the database is out of reach (a 503 for the API).
     pub fn unavailable() -> Self {
         DbError::Other(sqlx::Error::PoolTimedOut)
     }
+}
+
+/// The key of the webhook tokens (see `domain::WebhookTokens`), made by a migration and
+/// shared by every replica through the database.
+pub async fn webhook_token_key(pool: &PgPool) -> Result<Vec<u8>, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM service_secrets WHERE name = 'webhook_token'")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// The migrations under `migrations/`, embedded in the binary.

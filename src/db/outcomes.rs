@@ -8,22 +8,30 @@ use uuid::Uuid;
 
 use super::{
     DbError,
-    dispatch::{CallMove, event, lock, set_provider_call_id, settle},
+    dispatch::{CallMove, SettledBy, event, lock, set_provider_call_id, settle},
 };
 use crate::{
     domain::{CallStatus, RetryDecision},
     provider::DialOutcome,
 };
 
+/// How many 429s in a row one attempt may get before it counts as a failed attempt: each
+/// leaves an attempt row and a timeline entry, and a provider answering 429 for ever must
+/// not grow them without bound.
+pub const MAX_RATE_LIMITED: i64 = 20;
+
 /// Records the provider's answer to attempt `attempt` of `call_id`. `decide` gives the
-/// retry decision for a failed attempt (it is called only when one is needed).
+/// retry decision for a failed attempt (it is called only when one is needed);
+/// `rate_limit_delay` the wait after the given number of 429s in a row (from 1) and the
+/// provider's `Retry-After`; `unknown_delay` the wait before an attempt whose answer was
+/// lost is sent again, after the given number of rescues.
 pub async fn record_dial_outcome(
     pool: &PgPool,
     call_id: Uuid,
     attempt: i32,
     outcome: &DialOutcome,
     decide: impl FnOnce(Option<std::time::Duration>) -> RetryDecision,
-    rate_limit_delay: impl FnOnce(Option<std::time::Duration>) -> std::time::Duration,
+    rate_limit_delay: impl FnOnce(u32, Option<std::time::Duration>) -> std::time::Duration,
 ) -> Result<(), DbError> {
     if let DialOutcome::Accepted { provider_call_id } = outcome {
         return record_accepted(
@@ -47,8 +55,62 @@ pub async fn record_dial_outcome(
     let live = locked.is_current(attempt) && locked.call_status == CallStatus::InProgress;
     let (outcome, first, call) = match outcome {
         DialOutcome::Accepted { .. } => unreachable!("recorded above"),
+        DialOutcome::Unknown { reason, resend_in } => {
+            // The provider may hold the call: the attempt stays open (and its slot taken)
+            // until an answer, a webhook or CALL_TIMEOUT settles it, and is sent again with
+            // the same Idempotency-Key once its lease runs out.
+            sqlx::query(
+                "UPDATE call_attempts SET lease_until = now() + make_interval(secs => $2)
+                 WHERE id = $1",
+            )
+            .bind(locked.attempt_id)
+            .bind(resend_in.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+            event(
+                &mut tx,
+                call_id,
+                attempt,
+                "DIAL_UNKNOWN",
+                json!({"reason": reason, "resendInMs": resend_in.as_millis() as u64}),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         DialOutcome::RateLimited { retry_after } => {
-            let delay = rate_limit_delay(*retry_after);
+            let before: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM call_attempts
+                 WHERE call_id = $1 AND attempt = $2 AND status = 'RATE_LIMITED'",
+            )
+            .bind(call_id)
+            .bind(attempt)
+            .fetch_one(&mut *tx)
+            .await?;
+            if before + 1 >= MAX_RATE_LIMITED {
+                let reason = format!(
+                    "rate limited by the provider (429) {MAX_RATE_LIMITED} times in a row"
+                );
+                let call = if live {
+                    CallMove::after_failure(&reason, decide(*retry_after))
+                } else {
+                    CallMove::Stay
+                };
+                settle(
+                    &mut tx,
+                    call_id,
+                    attempt,
+                    &locked,
+                    ("FAILED", Some(&reason)),
+                    ("DIAL_FAILED", json!({"reason": reason})),
+                    call,
+                    SettledBy::Dial,
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+            let delay = rate_limit_delay(before as u32 + 1, *retry_after);
             let reason = "rate limited by the provider (429)";
             (
                 ("RATE_LIMITED", Some(reason)),
@@ -79,7 +141,17 @@ pub async fn record_dial_outcome(
         ),
     };
     let call = if live { call } else { CallMove::Stay };
-    settle(&mut tx, call_id, attempt, &locked, outcome, first, call).await?;
+    settle(
+        &mut tx,
+        call_id,
+        attempt,
+        &locked,
+        outcome,
+        first,
+        call,
+        SettledBy::Dial,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -171,9 +243,15 @@ pub struct WebhookUpdate {
     pub status: ProviderStatus,
     pub duration_sec: Option<i32>,
     pub reason: Option<String>,
-    /// The service's own reference from the webhook URL: the call and attempt it was
-    /// dialed for. Lets a webhook that beats the provider's 202 find its attempt.
+    /// The service's own reference from the webhook URL, only once its token was verified:
+    /// the call and attempt it was dialed for. The webhook then touches that attempt only,
+    /// and lets a webhook that beats the provider's 202 find its attempt.
     pub reference: Option<(Uuid, i32)>,
+    /// The sender proved it is the provider: by a valid signature (`WEBHOOK_SECRET`) or
+    /// by the token of the attempt in the URL. An unproven webhook changes nothing.
+    pub authenticated: bool,
+    /// The `webhook-id` of a signed webhook: a replay of it is a duplicate.
+    pub webhook_id: Option<String>,
     /// The body as received, for the timeline.
     pub body: Value,
 }
@@ -183,8 +261,14 @@ pub struct WebhookUpdate {
 pub enum WebhookEffect {
     /// Recorded on the timeline; the call may have moved.
     Applied,
-    /// A repeat of a final webhook already applied: nothing changed.
+    /// A repeat of a final webhook already applied, a replayed `webhook-id`, or progress
+    /// past the timeline's share per attempt: nothing changed.
     Duplicate,
+    /// It names a known attempt but proves nothing (no signature, no token): nothing changed.
+    Unauthenticated,
+    /// Its `callId` belongs to another attempt than the one its URL names, or the attempt
+    /// it names knows the provider by another id: nothing changed.
+    Mismatch,
 }
 
 /// What applying a webhook came to.
@@ -194,6 +278,19 @@ pub struct WebhookOutcome {
     /// The retry decision taken for a failed attempt, if one was.
     pub retry: Option<RetryDecision>,
 }
+
+impl WebhookOutcome {
+    fn only(effect: WebhookEffect) -> Option<Self> {
+        Some(Self {
+            effect,
+            retry: None,
+        })
+    }
+}
+
+/// Progress webhooks (`QUEUED`, `RINGING`, `IN_PROGRESS`) kept on the timeline per attempt;
+/// later ones are answered as duplicates, so a chatty provider cannot grow a timeline.
+pub const MAX_PROGRESS_PER_ATTEMPT: i64 = 20;
 
 /// Applies a webhook to the attempt it names. `NotFound` when no attempt matches.
 /// `decide` gives the retry decision after the failure of the given attempt number.
@@ -268,8 +365,8 @@ async fn lock_calls_in_order(
 }
 
 /// Applies one webhook inside `tx`; `None` when no attempt matches it, in which case
-/// nothing was written. Writes nothing either for a duplicate, so webhooks can share a
-/// transaction.
+/// nothing was written. Writes nothing either when it changes nothing (a duplicate, a
+/// refusal), so webhooks can share a transaction.
 async fn apply_in(
     tx: &mut Transaction<'_, Postgres>,
     update: &WebhookUpdate,
@@ -284,37 +381,66 @@ async fn apply_in(
     .bind(&update.provider_call_id)
     .fetch_optional(&mut **tx)
     .await?;
-    let (call_id, attempt) = match (by_id, update.reference) {
-        (Some(found), _) => found,
-        // Not known by its id (yet): the reference may name an attempt still waiting for
-        // the provider's answer, which then learns its id from this webhook.
-        (None, Some(reference)) => reference,
+    let (call_id, attempt) = match (update.reference, by_id) {
+        // The URL names one attempt, the callId another.
+        (Some(reference), Some(found)) if reference != found => {
+            return Ok(WebhookOutcome::only(WebhookEffect::Mismatch));
+        }
+        // The verified reference names the attempt, which may not know its id yet (the
+        // webhook beat the provider's 202).
+        (Some(reference), _) => reference,
+        (None, Some(_)) if !update.authenticated => {
+            return Ok(WebhookOutcome::only(WebhookEffect::Unauthenticated));
+        }
+        (None, Some(found)) => found,
         (None, None) => return Ok(None),
     };
     let Some(locked) = lock(tx, call_id, attempt).await? else {
         return Ok(None);
     };
+    // Never rebinds an attempt to another provider id.
     if matches!(&locked.provider_call_id, Some(known) if *known != update.provider_call_id) {
-        return Ok(None);
+        return Ok(WebhookOutcome::only(WebhookEffect::Mismatch));
     }
-    let current = locked.is_current(attempt);
     let status = update.status;
-    let open = locked.attempt_is_open() || locked.attempt_status == "EXPIRED";
-    if status.is_final() && !open && current {
-        // The outcome of this attempt is already recorded: a repeat changes nothing.
-        return Ok(Some(WebhookOutcome {
-            effect: WebhookEffect::Duplicate,
-            retry: None,
-        }));
+    if let Some(webhook_id) = &update.webhook_id {
+        // Taken under the call's lock, so a replay racing its original waits for it and
+        // then finds the id taken.
+        let fresh = sqlx::query(
+            "INSERT INTO webhook_receipts (webhook_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(webhook_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(WebhookOutcome::only(WebhookEffect::Duplicate));
+        }
     }
-    set_provider_call_id(tx, call_id, attempt, &locked, &update.provider_call_id).await?;
     let received = json!({"status": status.as_str(), "body": update.body});
-    let applied = Some(WebhookOutcome {
-        effect: WebhookEffect::Applied,
-        retry: None,
-    });
-    if !status.is_final() || !open {
-        // Progress, or a late final webhook for an earlier attempt: the timeline only.
+    if status.is_final() && locked.final_webhook {
+        if locked.is_current(attempt) {
+            // The outcome of this attempt is already recorded: a repeat changes nothing.
+            return Ok(WebhookOutcome::only(WebhookEffect::Duplicate));
+        }
+        // A late word on an earlier attempt, settled already: the timeline only.
+        event(tx, call_id, attempt, "WEBHOOK_RECEIVED", received).await?;
+        return Ok(WebhookOutcome::only(WebhookEffect::Applied));
+    }
+    if !status.is_final() {
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM call_events
+             WHERE call_id = $1 AND attempt = $2 AND kind = 'WEBHOOK_RECEIVED'",
+        )
+        .bind(call_id)
+        .bind(attempt)
+        .fetch_one(&mut **tx)
+        .await?;
+        if recorded >= MAX_PROGRESS_PER_ATTEMPT {
+            return Ok(WebhookOutcome::only(WebhookEffect::Duplicate));
+        }
+        set_provider_call_id(tx, call_id, attempt, &locked, &update.provider_call_id).await?;
         event(tx, call_id, attempt, "WEBHOOK_RECEIVED", received).await?;
         if locked.attempt_status == "DIALING" {
             // The provider clearly holds the call: no need to rescue the attempt.
@@ -325,26 +451,40 @@ async fn apply_in(
             .execute(&mut **tx)
             .await?;
         }
-        return Ok(applied);
+        return Ok(WebhookOutcome::only(WebhookEffect::Applied));
     }
+    set_provider_call_id(tx, call_id, attempt, &locked, &update.provider_call_id).await?;
     let completed = status == ProviderStatus::Completed;
     let reason = match &update.reason {
         Some(reason) => format!("{}: {reason}", status.as_str()),
         None => status.as_str().to_owned(),
     };
     let mut retry = None;
-    let call = match (current, locked.call_status, completed) {
-        (true, CallStatus::InProgress | CallStatus::Expired, true) => CallMove::Complete {
-            duration_sec: update.duration_sec,
-        },
-        (true, CallStatus::InProgress, false) => {
-            let decision = decide(attempt);
-            retry = Some(decision);
-            CallMove::after_failure(&reason, decision)
+    let call = if !locked.is_current(attempt) {
+        // A late final webhook for an earlier attempt: recorded, the call has moved on.
+        CallMove::Stay
+    } else {
+        match (locked.call_status, locked.attempt_is_open(), completed) {
+            (CallStatus::InProgress, true, true) => CallMove::Complete {
+                duration_sec: update.duration_sec,
+            },
+            (CallStatus::InProgress, true, false) => {
+                let decision = decide(attempt);
+                retry = Some(decision);
+                CallMove::after_failure(&reason, decision)
+            }
+            // The real outcome of an attempt that expired, or that the dial path settled
+            // without knowing it (a lost answer, a 409 to a resend): a call that did take
+            // place completes the call, whatever the dial path made of it meanwhile.
+            (CallStatus::Expired | CallStatus::Failed | CallStatus::Pending, false, true) => {
+                CallMove::Complete {
+                    duration_sec: update.duration_sec,
+                }
+            }
+            // The real failure of an expired call: recorded, never retried.
+            (CallStatus::Expired, false, false) => CallMove::Fail { reason: &reason },
+            _ => CallMove::Stay,
         }
-        // The real outcome of an expired call: recorded, never retried.
-        (true, CallStatus::Expired, false) => CallMove::Fail { reason: &reason },
-        _ => CallMove::Stay,
     };
     let outcome = if completed {
         ("COMPLETED", None)
@@ -359,6 +499,7 @@ async fn apply_in(
         outcome,
         ("WEBHOOK_RECEIVED", received),
         call,
+        SettledBy::FinalWebhook,
     )
     .await?;
     Ok(Some(WebhookOutcome {

@@ -111,10 +111,12 @@ pub enum EventKind {
     Expired,
     /// An attempt abandoned by a stopped replica was taken over.
     Rescued,
+    /// The provider's answer to an attempt was lost; it stays open and is sent again.
+    DialUnknown,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         Self::Created,
         Self::Updated,
         Self::Cancelled,
@@ -128,6 +130,7 @@ impl EventKind {
         Self::Failed,
         Self::Expired,
         Self::Rescued,
+        Self::DialUnknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +148,7 @@ impl EventKind {
             Self::Failed => "FAILED",
             Self::Expired => "EXPIRED",
             Self::Rescued => "RESCUED",
+            Self::DialUnknown => "DIAL_UNKNOWN",
         }
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 const JITTER: f64 = 0.1;
 /// The longest a `Retry-After` from the provider is honoured for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The shortest wait after a 429, whatever its `Retry-After` says.
+pub const MIN_RATE_LIMIT_DELAY: Duration = Duration::from_secs(1);
 
 /// `RETRY_BASE_DELAY × 2^(attempt−1)`, capped at `RETRY_MAX_DELAY`, with jitter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,13 +55,20 @@ impl RetryPolicy {
         }
     }
 
-    /// The wait after a 429, which is not an attempt: the provider's `Retry-After` when it
-    /// gave one, else the base delay.
-    pub fn after_rate_limit(&self, hint: Option<Duration>, unit: f64) -> Duration {
-        match hint {
-            Some(hint) => hint.min(MAX_RETRY_AFTER),
-            None => self.backoff(1, None, unit),
-        }
+    /// The wait after the `times`-th 429 in a row (from 1) to one attempt, which is not an
+    /// attempt: the provider's `Retry-After` when it gave one, else the base delay; never
+    /// less than [`MIN_RATE_LIMIT_DELAY`], and doubling with each 429 in a row (so a
+    /// provider that keeps answering `Retry-After: 0` is asked less and less often),
+    /// capped at `RETRY_MAX_DELAY` or the `Retry-After`, whichever is longer.
+    pub fn after_rate_limit(&self, times: u32, hint: Option<Duration>, unit: f64) -> Duration {
+        let first = match hint {
+            Some(hint) => hint.min(MAX_RETRY_AFTER).max(MIN_RATE_LIMIT_DELAY),
+            None => self.backoff(1, None, unit).max(MIN_RATE_LIMIT_DELAY),
+        };
+        let grown = first
+            .checked_mul(1u32 << times.saturating_sub(1).min(20))
+            .unwrap_or(Duration::MAX);
+        grown.min(self.max_delay.max(first))
     }
 }
 
@@ -132,9 +141,27 @@ mod tests {
     #[test]
     fn rate_limits_wait_as_asked() {
         assert_eq!(
-            POLICY.after_rate_limit(Some(Duration::from_secs(5)), 0.5),
+            POLICY.after_rate_limit(1, Some(Duration::from_secs(5)), 0.5),
             Duration::from_secs(5)
         );
-        assert_eq!(POLICY.after_rate_limit(None, 0.5), Duration::from_secs(30));
+        assert_eq!(POLICY.after_rate_limit(1, None, 0.5), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn repeated_rate_limits_wait_longer_and_never_less_than_a_second() {
+        let zero = Some(Duration::ZERO);
+        assert_eq!(POLICY.after_rate_limit(1, zero, 0.5), Duration::from_secs(1));
+        assert_eq!(POLICY.after_rate_limit(2, zero, 0.5), Duration::from_secs(2));
+        assert_eq!(POLICY.after_rate_limit(5, zero, 0.5), Duration::from_secs(16));
+        // Capped by RETRY_MAX_DELAY...
+        assert_eq!(
+            POLICY.after_rate_limit(30, zero, 0.5),
+            Duration::from_secs(30 * 60)
+        );
+        // ...unless the provider asked for longer.
+        assert_eq!(
+            POLICY.after_rate_limit(30, Some(Duration::from_secs(3600)), 0.5),
+            Duration::from_secs(3600)
+        );
     }
 }

@@ -11,10 +11,13 @@ use uuid::Uuid;
 use crate::config::Secret;
 
 /// How many times a request whose outcome is unknown is sent again, with the same
-/// `Idempotency-Key`, before the attempt counts as failed.
+/// `Idempotency-Key`, before the dialer leaves the attempt open for a later resend.
 pub const RESENDS: u32 = 2;
 /// The most of a provider's answer kept in `lastError`.
 const MAX_ERROR_TEXT: usize = 1000;
+/// The most of a provider's answer read at all: an answer is a small JSON object, and a
+/// provider that sends more (broken, or hostile) must not fill the service's memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// One dial attempt.
 #[derive(Clone, Debug)]
@@ -26,6 +29,8 @@ pub struct DialRequest {
     pub script_id: String,
     pub metadata: Map<String, Value>,
     pub webhook_url: String,
+    /// The attempt may have reached the provider already (see `db::Claimed::resend`).
+    pub resend: bool,
 }
 
 impl DialRequest {
@@ -58,13 +63,19 @@ pub enum DialOutcome {
     Accepted { provider_call_id: Option<String> },
     /// 429: not an attempt; dial again later.
     RateLimited { retry_after: Option<Duration> },
-    /// Network error, timeout, 5xx: the attempt failed; retried while attempts remain.
+    /// Refused connection or 5xx to the first send: the attempt failed; retried while
+    /// attempts remain.
     Transient {
         reason: String,
         retry_after: Option<Duration>,
     },
     /// Any other 4xx: the call has failed for good.
     Permanent { reason: String },
+    /// The request may have placed the call, and no send settled it (timeout, cut
+    /// connection, or a 5xx, 409, 425 or 429 to a resend): the attempt stays open and is
+    /// sent again, with the same `Idempotency-Key`, after `resend_in`. Never a failed
+    /// attempt, so a person is never dialed twice because an answer was lost.
+    Unknown { reason: String, resend_in: Duration },
 }
 
 impl DialOutcome {
@@ -75,6 +86,7 @@ impl DialOutcome {
             Self::RateLimited { .. } => "rate_limited",
             Self::Transient { .. } => "transient",
             Self::Permanent { .. } => "permanent",
+            Self::Unknown { .. } => "unknown",
         }
     }
 }
@@ -96,6 +108,9 @@ pub struct HttpProvider {
 impl HttpProvider {
     pub fn new(url: &str, api_key: Secret, timeout: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
+            // A redirect would re-send the call's number and metadata to wherever the
+            // provider (or whoever answers in its name) points: never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
@@ -108,22 +123,31 @@ impl HttpProvider {
     }
 
     /// Sends the attempt, and sends it again with the same `Idempotency-Key` while its
-    /// outcome is unknown, so that a person is never dialed twice for one attempt.
-    pub async fn dial(&self, request: &DialRequest) -> DialOutcome {
+    /// outcome is unknown, so that a person is never dialed twice for one attempt. Once a
+    /// send may have reached the provider, only a 2xx or a 4xx other than 409, 425 and 429
+    /// settles the attempt; without one it is left open ([`DialOutcome::Unknown`]).
+    /// `rescues` (how often the attempt was taken over) spaces out the later resends.
+    pub async fn dial(&self, request: &DialRequest, rescues: u32) -> DialOutcome {
+        let mut unknown = request.resend;
         let mut last = String::new();
         for send in 0..=RESENDS {
             if send > 0 {
-                tracing::warn!(reason = %last, send, "dial outcome unknown; sending it again");
+                tracing::warn!(reason = ?last, send, "dial outcome unknown; sending it again");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(send))).await;
             }
             match self.send(request).await {
-                Sent::Known(outcome) => return outcome,
+                Sent::Known(outcome) if !unknown => return outcome,
+                Sent::Known(outcome) => match settles_a_resend(outcome) {
+                    Ok(outcome) => return outcome,
+                    Err(reason) => last = reason,
+                },
                 Sent::Unknown(reason) => last = reason,
             }
+            unknown = true;
         }
-        DialOutcome::Transient {
+        DialOutcome::Unknown {
             reason: format!("outcome unknown after {} sends: {last}", RESENDS + 1),
-            retry_after: None,
+            resend_in: unknown_resend_delay(rescues),
         }
     }
 
@@ -144,7 +168,8 @@ impl HttpProvider {
             .await;
         let response = match response {
             Ok(response) => response,
-            // Never connected: the request was not sent, so it is safe to count as failed.
+            // Never connected: this request was not sent, so it is safe to count as failed
+            // (unless an earlier send of the attempt may have gone through).
             Err(err) if err.is_connect() => {
                 return Sent::Known(DialOutcome::Transient {
                     reason: format!("provider unreachable: {}", error_chain(&err)),
@@ -155,13 +180,60 @@ impl HttpProvider {
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = match response.text().await {
+        let text = match read_bounded(response).await {
             Ok(text) => text,
-            Err(err) if status.is_success() => return Sent::Unknown(error_chain(&err)),
+            Err(err) if status.is_success() => return Sent::Unknown(err),
             Err(_) => String::new(),
         };
         Sent::Known(classify(status, retry_after, &text))
     }
+}
+
+/// Reads at most [`MAX_ANSWER_BYTES`] of an answer; more is an error, not a truncation,
+/// since a cut JSON answer could be read as one without its id.
+async fn read_bounded(mut response: reqwest::Response) -> Result<String, String> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|err| error_chain(&err))? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A resend's answer, when the first send may have placed the call: a 2xx or a clear
+/// refusal settles the attempt; anything else (`Err`, with why) leaves it unknown. A 409 or
+/// 425 says the key is still being worked on, a 429 or 5xx says nothing of the first send,
+/// and a refused connection proves only that this send did not arrive.
+fn settles_a_resend(outcome: DialOutcome) -> Result<DialOutcome, String> {
+    match outcome {
+        DialOutcome::Accepted { .. } => Ok(outcome),
+        DialOutcome::Permanent { reason }
+            if !reason.starts_with("provider answered 409")
+                && !reason.starts_with("provider answered 425") =>
+        {
+            Ok(DialOutcome::Permanent { reason })
+        }
+        DialOutcome::Permanent { reason } | DialOutcome::Transient { reason, .. } => Err(reason),
+        DialOutcome::RateLimited { .. } => Err("provider answered 429 to a resend".into()),
+        DialOutcome::Unknown { reason, .. } => Err(reason),
+    }
+}
+
+/// How long an attempt whose outcome is unknown waits before it is sent again: 5 s, then
+/// doubling with each rescue, at most 5 minutes (the attempt stays open meanwhile, until
+/// an answer, its webhook or `CALL_TIMEOUT` settles it).
+pub fn unknown_resend_delay(rescues: u32) -> Duration {
+    Duration::from_secs(5)
+        .saturating_mul(1 << rescues.min(6))
+        .min(Duration::from_secs(300))
 }
 
 fn classify(status: StatusCode, retry_after: Option<Duration>, text: &str) -> DialOutcome {
@@ -169,7 +241,7 @@ fn classify(status: StatusCode, retry_after: Option<Duration>, text: &str) -> Di
         let provider_call_id = serde_json::from_str::<WireAnswer>(text)
             .ok()
             .and_then(|a| a.call_id)
-            .filter(|id| !id.is_empty() && id.len() <= 255 && !id.contains('\0'));
+            .filter(|id| crate::domain::is_provider_call_id(id));
         if provider_call_id.is_none() {
             tracing::warn!(%status, "provider accepted the call without a usable callId");
         }

@@ -14,7 +14,7 @@ pub use sweeper::{SweepReport, Sweeper, keep_queue_lean};
 use crate::{
     config::Config,
     db::{self, Claimed},
-    domain::RetryPolicy,
+    domain::{RetryDecision, RetryPolicy, WebhookTokens},
     provider::{DialOutcome, DialRequest, HttpProvider, RESENDS},
 };
 
@@ -31,10 +31,12 @@ pub struct WorkerSettings {
     pub webhook_base_url: String,
     /// The safety-net poll; wake-ups normally come by LISTEN/NOTIFY.
     pub poll_interval: Duration,
+    /// Makes the token of each attempt's webhook URL.
+    pub tokens: WebhookTokens,
 }
 
 impl WorkerSettings {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, tokens: WebhookTokens) -> Self {
         Self {
             max_concurrent_calls: config.max_concurrent_calls,
             policy: RetryPolicy {
@@ -46,6 +48,7 @@ impl WorkerSettings {
             provider_timeout: config.provider_timeout,
             webhook_base_url: config.webhook_base_url.clone().unwrap_or_default(),
             poll_interval: Duration::from_secs(2),
+            tokens,
         }
     }
 
@@ -57,13 +60,14 @@ impl WorkerSettings {
         self.provider_timeout * (RESENDS + 1) + Duration::from_secs(5)
     }
 
-    /// The webhook URL for one attempt, with the service's own reference to it.
+    /// The webhook URL for one attempt, with the service's own reference to it and the
+    /// token that proves a webhook comes from whoever was handed the URL.
     pub fn webhook_url(&self, claimed: &Claimed) -> String {
+        let (id, attempt) = (claimed.call.id, claimed.attempt);
         format!(
-            "{}{WEBHOOK_PATH}?ref={}.{}",
+            "{}{WEBHOOK_PATH}?ref={id}.{attempt}&token={}",
             self.webhook_base_url.trim_end_matches('/'),
-            claimed.call.id,
-            claimed.attempt
+            self.tokens.token(id, attempt)
         )
     }
 }
@@ -80,9 +84,10 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
         script_id: claimed.call.payload.script_id.as_str().to_owned(),
         metadata: claimed.call.payload.metadata.clone(),
         webhook_url: settings.webhook_url(&claimed),
+        resend: claimed.resend(),
     };
     let started = std::time::Instant::now();
-    let outcome = provider.dial(&request).await;
+    let mut outcome = provider.dial(&request, claimed.rescues).await;
     crate::metrics::provider_request(outcome.label(), started.elapsed());
     match &outcome {
         DialOutcome::Accepted { provider_call_id } => {
@@ -94,14 +99,22 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
         DialOutcome::RateLimited { retry_after } => {
             tracing::warn!(?retry_after, "provider rate limit; the call waits")
         }
-        DialOutcome::Transient { reason, .. } => tracing::warn!(%reason, "dial failed"),
-        DialOutcome::Permanent { reason } => tracing::warn!(%reason, "dial refused for good"),
+        // The provider's words, escaped (`?`): they may hold anything, newlines included.
+        DialOutcome::Transient { reason, .. } => tracing::warn!(?reason, "dial failed"),
+        DialOutcome::Permanent { reason } => tracing::warn!(?reason, "dial refused for good"),
+        DialOutcome::Unknown { reason, resend_in } => tracing::warn!(
+            ?reason,
+            ?resend_in,
+            "dial outcome unknown; the attempt stays open and is sent again"
+        ),
     }
     // The database may be restarting: keep trying within the lease. Should it stay out of
     // reach, the attempt remains DIALING, and once the lease runs out the sweeper of some
     // replica sends it again with the same Idempotency-Key and records that answer.
     let deadline = tokio::time::Instant::now() + settings.lease() / 2;
     let mut pause = Duration::from_millis(100);
+    // The retry decision taken by the recording that succeeded, counted once it has.
+    let decided: std::sync::Mutex<Option<RetryDecision>> = Default::default();
     loop {
         let result = match &outcome {
             // The hot path: answers that arrive together are recorded in one statement.
@@ -128,16 +141,47 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
                         hint,
                         fastrand::f64(),
                     );
-                    crate::metrics::retry_decided(decision);
+                    *decided.lock().unwrap() = Some(decision);
                     decision
                 },
-                |hint| settings.policy.after_rate_limit(hint, fastrand::f64()),
+                |times, hint| {
+                    settings
+                        .policy
+                        .after_rate_limit(times, hint, fastrand::f64())
+                },
             )
             .await
             .map_err(anyhow::Error::from),
         };
         match result {
-            Ok(()) => return,
+            Ok(()) => {
+                if let Some(decision) = decided.lock().unwrap().take() {
+                    crate::metrics::retry_decided(decision);
+                }
+                return;
+            }
+            Err(err)
+                if err
+                    .downcast_ref::<db::DbError>()
+                    .is_some_and(db::DbError::is_duplicate_provider_call_id) =>
+            {
+                // The provider gave this attempt an id it had given another: its webhooks
+                // could not tell the two apart. A provider error, settled as a failed
+                // attempt, rather than an answer recorded for ever in vain.
+                let DialOutcome::Accepted { provider_call_id } = &outcome else {
+                    unreachable!("only a 2xx records a provider id")
+                };
+                let reason = format!(
+                    "the provider answered with callId {:?}, which it had given another attempt",
+                    provider_call_id.as_deref().unwrap_or_default()
+                );
+                tracing::error!(?reason, "provider error");
+                outcome = DialOutcome::Transient {
+                    reason,
+                    retry_after: None,
+                };
+                decided.lock().unwrap().take();
+            }
             Err(err) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %err, "recording the dial outcome failed; retrying");
                 tokio::time::sleep(pause).await;

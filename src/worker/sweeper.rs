@@ -1,5 +1,6 @@
 //! The sweeper: expires calls whose final webhook never came, rescues attempts abandoned by
-//! a replica that died while dialing, and forgets old Idempotency-Keys. Every replica runs
+//! a replica that died while dialing, sends again the attempts whose answer was lost, and
+//! forgets old Idempotency-Keys and webhook receipts. Every replica runs
 //! one; `SKIP LOCKED` and leases keep them from doing the same work twice.
 
 use std::time::Duration;
@@ -66,6 +67,9 @@ impl Sweeper {
                     Ok(n) if n > 0 => tracing::info!(purged = n, "old Idempotency-Keys forgotten"),
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "purging Idempotency-Keys failed"),
+                }
+                if let Err(err) = db::purge_webhook_receipts(&self.worker.pool).await {
+                    tracing::warn!(error = %err, "purging webhook receipts failed");
                 }
             }
         }

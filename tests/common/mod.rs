@@ -156,7 +156,7 @@ impl TestApp {
             .connect(&self.cluster.url("postgres"))
             .await
             .unwrap();
-        app::worker(&self.config, pool).unwrap()
+        app::worker(&self.config, pool).await.unwrap()
     }
 
     pub async fn dispatcher(&self) -> Dispatcher {
@@ -185,8 +185,20 @@ impl TestApp {
             .collect()
     }
 
-    /// Sends a webhook as the provider would, and returns the answer.
+    /// Sends a webhook as the provider would, to the URL the service handed it: an empty
+    /// `query` becomes the `?ref=…&token=…` of the attempt that `body.callId` names (none
+    /// when no attempt has that id), and a `ref` without a token gets its token.
     pub async fn webhook(&self, query: &str, body: Value) -> (StatusCode, Value) {
+        let query = if query.is_empty() {
+            webhook_query(&self.pool, body["callId"].as_str().unwrap_or_default()).await
+        } else {
+            with_token(&self.pool, query).await
+        };
+        self.webhook_raw(&query, body).await
+    }
+
+    /// Sends a webhook to exactly this query, as a forger would.
+    pub async fn webhook_raw(&self, query: &str, body: Value) -> (StatusCode, Value) {
         self.post(&format!("/api/v1/callbacks/call-status{query}"), body)
             .await
     }
@@ -257,6 +269,49 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// The webhook tokens of the service on `pool`'s database.
+pub async fn tokens(pool: &PgPool) -> call_orchestrator::domain::WebhookTokens {
+    call_orchestrator::app::webhook_tokens(pool).await.unwrap()
+}
+
+/// `?ref=…&token=…` of attempt `attempt` of `call_id`, as in its webhook URL.
+pub async fn attempt_query(pool: &PgPool, call_id: uuid::Uuid, attempt: i32) -> String {
+    let token = tokens(pool).await.token(call_id, attempt);
+    format!("?ref={call_id}.{attempt}&token={token}")
+}
+
+/// The query of the webhook URL of the attempt the provider knows as `provider_call_id`;
+/// empty when no attempt has that id.
+pub async fn webhook_query(pool: &PgPool, provider_call_id: &str) -> String {
+    let found: Option<(uuid::Uuid, i32)> =
+        sqlx::query_as("SELECT call_id, attempt FROM call_attempts WHERE provider_call_id = $1")
+            .bind(provider_call_id)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+    match found {
+        Some((call_id, attempt)) => attempt_query(pool, call_id, attempt).await,
+        None => String::new(),
+    }
+}
+
+/// `query` with the token of its `ref` added, when it has a well-formed `ref` and no token.
+async fn with_token(pool: &PgPool, query: &str) -> String {
+    let reference = query
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ref="))
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(id, attempt)| Some((id.parse().ok()?, attempt.parse().ok()?)));
+    match reference {
+        Some((id, attempt)) if !query.contains("token=") => {
+            let token = tokens(pool).await.token(id, attempt);
+            format!("{query}&token={token}")
+        }
+        _ => query.to_owned(),
     }
 }
 

@@ -27,6 +27,12 @@ pub enum Reply {
     RateLimit(Option<u64>),
     /// No answer for this long (longer than PROVIDER_TIMEOUT: a timeout for the client).
     Hang(Duration),
+    /// 202 with this callId, whatever was asked (a provider that hands out one id twice).
+    AcceptAs(&'static str),
+    /// 307 to this URL.
+    Redirect(String),
+    /// 202 with a body of this many bytes.
+    Huge(usize),
 }
 
 /// One dial request received.
@@ -184,6 +190,15 @@ impl FakeProvider {
                     .status(StatusCode::GATEWAY_TIMEOUT)
                     .finish()
             }
+            (Reply::AcceptAs(id), _) => accepted(id),
+            (Reply::Redirect(to), _) => Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("location", to)
+                .finish(),
+            (Reply::Huge(bytes), _) => Response::builder()
+                .status(StatusCode::ACCEPTED)
+                .content_type("application/json")
+                .body(format!("{{\"callId\": \"p-huge\", \"pad\": \"{}\"}}", "x".repeat(bytes))),
             _ => unreachable!(),
         }
     }
