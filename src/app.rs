@@ -90,7 +90,9 @@ pub async fn serve_api(
 ) -> anyhow::Result<()> {
     let tokens = webhook_tokens(&pool).await?;
     if config.webhook_secret.is_some() {
-        tracing::info!("webhooks are verified by their Standard Webhooks signature (WEBHOOK_SECRET)");
+        tracing::info!(
+            "webhooks are verified by their Standard Webhooks signature (WEBHOOK_SECRET)"
+        );
     } else {
         tracing::info!(
             "webhooks are verified by the per-attempt token in the URL handed to the provider \
@@ -154,7 +156,11 @@ async fn serve(
     Server::new_with_acceptor(acceptor)
         // A kept-alive connection idle (or stalled in a later request) for this long ends.
         .idle_timeout(limits.read_timeout.max(Duration::from_secs(5)))
-        .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(30)))
+        .run_with_graceful_shutdown(
+            app,
+            shutdown.cancelled_owned(),
+            Some(Duration::from_secs(30)),
+        )
         .await
         .context("HTTP server failed")
 }

@@ -52,8 +52,13 @@ fn export_at_zero() {
 }
 
 /// The outcome labels of `call_orchestrator_provider_requests_total` (`DialOutcome::label`).
-pub const PROVIDER_OUTCOMES: &[&str] =
-    &["accepted", "rate_limited", "transient", "permanent", "unknown"];
+pub const PROVIDER_OUTCOMES: &[&str] = &[
+    "accepted",
+    "rate_limited",
+    "transient",
+    "permanent",
+    "unknown",
+];
 
 /// The outcome labels of `call_orchestrator_webhooks_total`.
 pub const WEBHOOK_OUTCOMES: &[&str] = &[

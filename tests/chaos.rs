@@ -3,8 +3,10 @@
 //! campaign while the test kills a replica with SIGKILL (and starts it again), restarts
 //! PostgreSQL, takes the provider down (5xx, timeouts, 429) and brings it back, and sends
 //! SIGTERM to a replica; webhooks come twice, late, out of order, before the provider's 202,
-//! or never. Then it checks SPEC.md's invariants from the simulator's record and from the
-//! database, and prints the figures.
+//! or never; and a forger sends unsigned webhooks with guessed callIds and references all
+//! along (the replicas run without WEBHOOK_SECRET, as by default: webhooks are proven by the
+//! token in their URL). Then it checks the invariants from the simulator's record and from
+//! the database, and prints the figures.
 //!
 //! `cargo test --test chaos -- --ignored chaos_soak` runs the same scenario over and over for
 //! `CHAOS_SOAK_MINUTES` (default 10), with the same checks at the end.
@@ -27,9 +29,9 @@ use serde_json::{Value, json};
 
 const CAP: usize = 8;
 const MAX_ATTEMPTS: i32 = 3;
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-/// Short enough that a dropped webhook's call expires within the test.
-const CALL_TIMEOUT: Duration = Duration::from_secs(6);
+/// Short enough that a dropped webhook's call expires within the test, long enough that an
+/// attempt abandoned by the SIGKILL is rescued first (its lease: 3 × PROVIDER_TIMEOUT + 5 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Replica {
     port: u16,
@@ -52,7 +54,6 @@ impl Cluster {
             .env("AI_CALL_API_URL", self.sim.url())
             .env("AI_CALL_API_KEY", "chaos-key")
             .env("WEBHOOK_BASE_URL", format!("http://127.0.0.1:{port}"))
-            .env("WEBHOOK_SECRET", SECRET)
             .env("MAX_CONCURRENT_CALLS", CAP.to_string())
             .env("MAX_RETRY_ATTEMPTS", MAX_ATTEMPTS.to_string())
             .env("RETRY_BASE_DELAY", "200ms")
@@ -209,12 +210,63 @@ async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: us
         (base as f64 + calls as f64 * share) / target as f64
     };
 
-    // 1. SIGKILL a replica in the middle of dispatching.
+    let forger = Forger::start(cluster).await;
+
+    // 1. SIGKILL a replica in the middle of dispatching. So that it surely dies with dial
+    // requests under way, the other replicas are paused (SIGSTOP) and every answer is slow
+    // until it has claimed some; those attempts are then its own.
     until_ended(cluster, target, ended_share(0.15)).await;
+    let pool = sqlx::PgPool::connect(&cluster.pg.url("postgres"))
+        .await
+        .unwrap();
+    let paused_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let others: Vec<nix::unistd::Pid> = cluster.replicas[1..]
+        .iter()
+        .flatten()
+        .map(|r| nix::unistd::Pid::from_raw(r.child.id() as i32))
+        .collect();
+    for pid in &others {
+        kill(*pid, Signal::SIGSTOP).unwrap();
+    }
+    cluster.sim.set_faults(Faults {
+        slow_rate: 1.0,
+        slow_delay: Duration::from_secs(3),
+        ..healthy_faults()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let orphans: Vec<(uuid::Uuid, i32)> = loop {
+        let dialing: Vec<(uuid::Uuid, i32)> = sqlx::query_as(
+            "SELECT call_id, attempt FROM call_attempts
+             WHERE status = 'DIALING' AND rescues = 0 AND claimed_at > $1",
+        )
+        .bind(paused_at)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if !dialing.is_empty() {
+            break dialing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 0 claimed nothing while the others were paused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    pool.close().await;
     let mut doomed = cluster.replicas[0].take().expect("replica 0");
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
-    eprintln!("round {round}: replica 0 killed with SIGKILL");
+    for pid in &others {
+        kill(*pid, Signal::SIGCONT).unwrap();
+    }
+    cluster.sim.set_faults(healthy_faults());
+    eprintln!(
+        "round {round}: replica 0 killed with SIGKILL, {} attempts abandoned",
+        orphans.len()
+    );
 
     // 2. The provider goes down for a while: 5xx, timeouts, 429s; then recovers.
     until_ended(cluster, target, ended_share(0.3)).await;
@@ -282,7 +334,102 @@ async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: us
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    check(cluster, calls, drain, started.elapsed()).await
+    let forged = forger.stop().await;
+    let figures = check(cluster, calls, drain, started.elapsed()).await;
+    let pool = sqlx::PgPool::connect(&cluster.pg.url("postgres"))
+        .await
+        .unwrap();
+    let rescued: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT (call_id, attempt)) FROM call_events
+         WHERE kind = 'RESCUED' AND (call_id, attempt) IN (SELECT * FROM unnest($1::uuid[], $2::int[]))",
+    )
+    .bind(orphans.iter().map(|o| o.0).collect::<Vec<_>>())
+    .bind(orphans.iter().map(|o| o.1).collect::<Vec<_>>())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(
+        rescued > 0,
+        "none of the attempts the SIGKILL abandoned was rescued"
+    );
+    eprintln!(
+        "round {round}: {rescued} abandoned attempts rescued; forger sent {} webhooks, {} taken",
+        forged.sent, forged.taken
+    );
+    assert!(forged.sent > 0, "the forger sent nothing");
+    assert_eq!(
+        forged.taken, 0,
+        "forged webhooks were taken: {:?}",
+        forged.examples
+    );
+    figures
+}
+
+/// Sends webhooks nobody handed a URL to, as an attacker would: the simulator's sequential
+/// callIds guessed, real call references without a token or with a made-up one. None may
+/// be taken (2xx).
+struct Forger {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Forged>,
+}
+
+#[derive(Debug, Default)]
+struct Forged {
+    sent: usize,
+    taken: usize,
+    examples: Vec<String>,
+}
+
+impl Forger {
+    async fn start(cluster: &Cluster) -> Self {
+        let pool = sqlx::PgPool::connect(&cluster.pg.url("postgres"))
+            .await
+            .unwrap();
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM calls")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let ports: Vec<u16> = cluster.replicas.iter().flatten().map(|r| r.port).collect();
+        let client = cluster.client.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut forged = Forged::default();
+            let mut n = 0u64;
+            while !stopped.is_cancelled() {
+                n += 1;
+                let port = ports[n as usize % ports.len()];
+                let id = ids[n as usize % ids.len()];
+                let status = ["BUSY", "COMPLETED", "FAILED", "RINGING"][n as usize % 4];
+                let query = match n % 3 {
+                    0 => String::new(),
+                    1 => format!("?ref={id}.1"),
+                    _ => format!("?ref={id}.1&token=AAAAAAAAAAAAAAAAAAAAAA"),
+                };
+                let url = format!("http://127.0.0.1:{port}/api/v1/callbacks/call-status{query}");
+                let body = json!({"callId": format!("sim-{}", n % 400 + 1), "status": status});
+                if let Ok(response) = client.post(&url).json(&body).send().await {
+                    forged.sent += 1;
+                    if response.status().is_success() {
+                        forged.taken += 1;
+                        if forged.examples.len() < 5 {
+                            forged.examples.push(format!("{url} {body}"));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            forged
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Forged {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
 }
 
 async fn check(cluster: &Cluster, calls: usize, drain: Duration, wall: Duration) -> Figures {
@@ -393,7 +540,7 @@ async fn start() -> Cluster {
     let sim = Simulator::start(SimConfig {
         port: 0,
         api_key: "chaos-key".into(),
-        webhook_secret: Some(SECRET.into()),
+        webhook_secret: None,
         seed: 7,
         min_duration: Duration::from_millis(100),
         max_duration: Duration::from_millis(600),

@@ -274,4 +274,18 @@ async fn json_logs_name_the_call_and_log_dir_keeps_files() {
         .unwrap();
     let text = std::fs::read_to_string(logs.path().join(combined)).unwrap();
     assert!(text.contains(&id), "{text}");
+    // Readable by the service's user and group only.
+    use std::os::unix::fs::PermissionsExt as _;
+    for file in &files {
+        let mode = std::fs::metadata(logs.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640, "{file}: {mode:o}");
+    }
+    // The webhook verification in force is said at start.
+    assert!(
+        stdout.contains("per-attempt token"),
+        "the start does not say how webhooks are verified: {stdout}"
+    );
 }

@@ -229,7 +229,11 @@ async fn an_outcome_that_stays_unknown_keeps_the_attempt_open() {
     let call = app.call(&call_id).await;
     assert_eq!(call["status"], "IN_PROGRESS");
     assert_eq!(call["attempts"], 1);
-    assert!(app.timeline(&call_id).await.contains(&"DIAL_UNKNOWN".to_owned()));
+    assert!(
+        app.timeline(&call_id)
+            .await
+            .contains(&"DIAL_UNKNOWN".to_owned())
+    );
     let lease_ahead: bool = sqlx::query_scalar(
         "SELECT lease_until > now() + interval '2 seconds' FROM call_attempts WHERE call_id = $1::uuid",
     )

@@ -73,7 +73,12 @@ async fn without_a_secret_only_the_token_of_the_attempt_moves_it() {
         let (code, body) = app
             .webhook_raw(&query, json!({"callId": external, "status": "COMPLETED"}))
             .await;
-        assert_error(code, &body, StatusCode::UNAUTHORIZED, "INVALID_WEBHOOK_TOKEN");
+        assert_error(
+            code,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "INVALID_WEBHOOK_TOKEN",
+        );
     }
     // An unknown callId is still a 404.
     let (code, body) = app
@@ -117,7 +122,12 @@ async fn a_reference_never_binds_a_forged_id_nor_crosses_to_another_attempt() {
             json!({"callId": "fake-1", "status": "RINGING"}),
         )
         .await;
-    assert_error(code, &body, StatusCode::UNAUTHORIZED, "INVALID_WEBHOOK_TOKEN");
+    assert_error(
+        code,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "INVALID_WEBHOOK_TOKEN",
+    );
     step.await.unwrap();
     let external = app.call(&id).await["externalCallId"]
         .as_str()
@@ -181,7 +191,10 @@ async fn an_answer_lost_then_refused_never_dials_the_person_again() {
     // Its real outcome still comes, and is recorded.
     let query = attempt_query(&app.pool, id.parse().unwrap(), 1).await;
     let (code, body) = app
-        .webhook(&query, json!({"callId": "p-9", "status": "COMPLETED", "durationSec": 30}))
+        .webhook(
+            &query,
+            json!({"callId": "p-9", "status": "COMPLETED", "durationSec": 30}),
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     let call = app.call(&id).await;
@@ -205,7 +218,10 @@ async fn a_final_webhook_after_the_dial_path_settled_records_the_real_outcome() 
     // ...but the provider had placed the call after all, and says how it ended.
     let query = attempt_query(&app.pool, id.parse().unwrap(), 1).await;
     let (code, body) = app
-        .webhook(&query, json!({"callId": "p-late", "status": "COMPLETED", "durationSec": 7}))
+        .webhook(
+            &query,
+            json!({"callId": "p-late", "status": "COMPLETED", "durationSec": 7}),
+        )
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["duplicate"], false);
@@ -249,11 +265,13 @@ async fn a_429_storm_is_met_with_longer_and_longer_waits_and_a_bound() {
     assert!(delays.windows(2).all(|w| w[1] > w[0]), "{delays:?}");
     // However long it goes on, one attempt is requeued a bounded number of times.
     for _ in 0..40 {
-        sqlx::query("UPDATE calls SET next_attempt_at = now() WHERE id = $1::uuid AND status = 'PENDING'")
-            .bind(&id)
-            .execute(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "UPDATE calls SET next_attempt_at = now() WHERE id = $1::uuid AND status = 'PENDING'",
+        )
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
         dispatcher.run_once().await.unwrap();
     }
     let limited: i64 = sqlx::query_scalar(
@@ -274,11 +292,12 @@ async fn a_429_storm_is_met_with_longer_and_longer_waits_and_a_bound() {
     assert!(failed.contains("20 times"), "{failed}");
     let call = app.call(&id).await;
     assert!(call["attempts"].as_i64().unwrap() >= 2, "{call}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM call_attempts WHERE call_id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM call_attempts WHERE call_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     // At most 20 rows for each of the MAX_RETRY_ATTEMPTS (3) attempts.
     assert!(rows <= 60, "{rows} attempt rows");
 }
@@ -291,7 +310,10 @@ async fn a_provider_that_gives_one_id_twice_fails_the_second_attempt_instead_of_
     let second = create(&app, "+14155550101").await;
     app.dispatcher().await.run_once().await.unwrap();
     let calls = [app.call(&first).await, app.call(&second).await];
-    let holder: Vec<&Value> = calls.iter().filter(|c| c["externalCallId"] == "dup").collect();
+    let holder: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["externalCallId"] == "dup")
+        .collect();
     assert_eq!(holder.len(), 1, "{calls:?}");
     let other = calls.iter().find(|c| c["externalCallId"] != "dup").unwrap();
     assert_eq!(other["status"], "PENDING", "{other}");
@@ -365,10 +387,20 @@ async fn idempotency_keys_are_each_clients_own_and_cover_batches() {
     // The same key with other calls, or on the other route, is refused.
     let other = json!({"calls": [{"to": "+14155550103", "scriptId": "s"}]});
     let (status, body, _) = post_with(&app, "/api/v1/calls/batch", "k1", "batch-1", other).await;
-    assert_error(status, &body, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED");
+    assert_error(
+        status,
+        &body,
+        StatusCode::CONFLICT,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
     let single = json!({"to": "+14155550101", "scriptId": "s"});
     let (status, body, _) = post_with(&app, "/api/v1/calls", "k1", "batch-1", single).await;
-    assert_error(status, &body, StatusCode::CONFLICT, "IDEMPOTENCY_KEY_REUSED");
+    assert_error(
+        status,
+        &body,
+        StatusCode::CONFLICT,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
     // Another client may use the same key for a batch of its own.
     let (status, _, replayed) =
         post_with(&app, "/api/v1/calls/batch", "k2", "batch-1", batch).await;
@@ -464,7 +496,12 @@ async fn connections_and_requests_in_flight_are_bounded() {
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let response = app.client.get(app.url("/api/v1/metrics")).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url("/api/v1/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
     let (_, body) = common::read(response).await;
@@ -538,7 +575,10 @@ async fn metrics_can_ask_for_a_key_or_move_to_a_port_of_their_own() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("call_orchestrator_calls{status=\"PENDING\"}"), "{text}");
+    assert!(
+        text.contains("call_orchestrator_calls{status=\"PENDING\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -558,7 +598,10 @@ async fn progress_is_bounded_the_timeline_pages_and_ids_are_plain() {
         .get(&format!("/api/v1/calls/{id}/events?limit=1000"))
         .await;
     let all = all["data"].as_array().unwrap().clone();
-    let progress = all.iter().filter(|e| e["type"] == "WEBHOOK_RECEIVED").count();
+    let progress = all
+        .iter()
+        .filter(|e| e["type"] == "WEBHOOK_RECEIVED")
+        .count();
     assert_eq!(progress, 20);
     // Page by page: disjoint, complete, in order.
     let mut paged = Vec::new();
@@ -631,7 +674,11 @@ async fn query_strings_and_headers_are_read_as_clients_write_them() {
         .send()
         .await
         .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED, "the scheme is case-insensitive");
+    assert_eq!(
+        created.status(),
+        StatusCode::CREATED,
+        "the scheme is case-insensitive"
+    );
     // `+` unencoded in a query decodes as a space; it is read as the `+` it was.
     let (status, page) = common::read(
         app.client
@@ -665,12 +712,22 @@ async fn a_provider_that_redirects_or_floods_is_not_followed() {
     provider.script([Reply::Redirect(elsewhere.url.clone())]);
     let id = create(&app, "+14155550100").await;
     app.dispatcher().await.run_once().await.unwrap();
-    assert!(elsewhere.received().is_empty(), "the call's data went elsewhere");
+    assert!(
+        elsewhere.received().is_empty(),
+        "the call's data went elsewhere"
+    );
     let call = app.call(&id).await;
     assert_eq!(call["status"], "FAILED", "{call}");
-    assert!(call["lastError"].as_str().unwrap().contains("307"), "{call}");
+    assert!(
+        call["lastError"].as_str().unwrap().contains("307"),
+        "{call}"
+    );
     // An answer of a megabyte is not read; the attempt's outcome is unknown, never placed twice.
-    provider.script([Reply::Huge(1 << 20), Reply::Huge(1 << 20), Reply::Huge(1 << 20)]);
+    provider.script([
+        Reply::Huge(1 << 20),
+        Reply::Huge(1 << 20),
+        Reply::Huge(1 << 20),
+    ]);
     let id = create(&app, "+14155550101").await;
     app.dispatcher().await.run_once().await.unwrap();
     assert_eq!(app.call(&id).await["status"], "IN_PROGRESS");

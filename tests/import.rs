@@ -60,11 +60,17 @@ async fn valid_rows_are_created_in_file_order() {
     let file = dir.path().join("campaign.csv");
     std::fs::write(&file, CSV).unwrap();
 
-    let (code, _, stderr) = import(&app, &file, &[]).await;
+    let (code, stdout, stderr) = import(&app, &file, &[]).await;
     assert_eq!(code, 1);
     assert!(
         stderr.contains("401"),
         "without the key the service refuses: {stderr}"
+    );
+    // The per-row report is printed all the same: what was refused, and what was created.
+    assert!(
+        stdout.contains("line 3: `to` must start with +")
+            && stdout.contains("4 rows: 0 calls created, 2 rejected"),
+        "{stdout}"
     );
 
     let (code, stdout, _) = import(
@@ -103,6 +109,12 @@ async fn valid_rows_are_created_in_file_order() {
     std::fs::write(&clean, "to,scriptId\n+14155550199,s\n").unwrap();
     let (code, stdout, _) = import(&app, &clean, &["--api-key", "secret-key"]).await;
     assert_eq!(code, 0, "{stdout}");
+    // The same file again (say, after an answer was lost): each batch carries the same
+    // Idempotency-Key, so nothing is stored twice.
+    let before = app.row_counts().await.0;
+    let (code, stdout, _) = import(&app, &clean, &["--api-key", "secret-key"]).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(app.row_counts().await.0, before);
 }
 
 #[tokio::test]

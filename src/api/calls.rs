@@ -178,7 +178,9 @@ impl CallsApi {
             }
             CreateOutcome::Replayed(calls) => (calls, Some("true".to_owned())),
         };
-        let call = calls.pop().ok_or_else(|| ApiError::from_db(db::DbError::NotFound, id))?;
+        let call = calls
+            .pop()
+            .ok_or_else(|| ApiError::from_db(db::DbError::NotFound, id))?;
         if replayed.is_none() {
             tracing::info!(call_id = %call.id, "call created");
         }

@@ -239,7 +239,8 @@ async fn guard<E: Endpoint>(
         ));
     }
     let needs_key = !state.api_key_digests.is_empty()
-        && ((path.starts_with("/api/v1/") && !is_webhook) || (is_metrics && state.metrics_need_key));
+        && ((path.starts_with("/api/v1/") && !is_webhook)
+            || (is_metrics && state.metrics_need_key));
     if needs_key {
         let presented = req
             .headers()

@@ -142,8 +142,7 @@ fn validate(body: WebhookPayload, proof: Proof) -> Result<WebhookUpdate, ApiErro
             .take(MAX_REASON_LEN)
             .collect::<String>()
     });
-    let mut echo =
-        serde_json::json!({"callId": call_id, "status": ProviderStatus::from(body.status).as_str()});
+    let mut echo = serde_json::json!({"callId": call_id, "status": ProviderStatus::from(body.status).as_str()});
     if let Some(d) = duration_sec {
         echo["durationSec"] = d.into();
     }
@@ -197,8 +196,8 @@ impl WebhooksApi {
         token: Query<Option<String>>,
         request: &poem::Request,
     ) -> Result<Json<WebhookAckEnvelope>, ApiError> {
-        let reference =
-            parse_reference(reference.0.as_deref()).inspect_err(|_| crate::metrics::webhook("invalid"))?;
+        let reference = parse_reference(reference.0.as_deref())
+            .inspect_err(|_| crate::metrics::webhook("invalid"))?;
         let reference = match reference {
             Some((id, attempt)) => {
                 let valid = token

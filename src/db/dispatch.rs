@@ -279,12 +279,12 @@ pub async fn purge_idempotency_keys(pool: &PgPool) -> Result<u64, DbError> {
 /// Forgets the `webhook-id`s of signed webhooks older than their signature's tolerance
 /// (5 minutes) with a margin: a replay that old fails its signature check anyway.
 pub async fn purge_webhook_receipts(pool: &PgPool) -> Result<u64, DbError> {
-    Ok(
-        sqlx::query("DELETE FROM webhook_receipts WHERE received_at < now() - interval '10 minutes'")
-            .execute(pool)
-            .await?
-            .rows_affected(),
+    Ok(sqlx::query(
+        "DELETE FROM webhook_receipts WHERE received_at < now() - interval '10 minutes'",
     )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// The state of a call and of one of its attempts, locked for the transaction.
@@ -333,18 +333,16 @@ pub(crate) async fn lock(
     .bind(attempt)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(
-        row.map(
-            |(attempt_id, attempt_status, provider_call_id, final_webhook)| Locked {
-                call_status: status.into(),
-                call_attempts: attempts,
-                attempt_id,
-                attempt_status,
-                provider_call_id,
-                final_webhook,
-            },
-        ),
-    )
+    Ok(row.map(
+        |(attempt_id, attempt_status, provider_call_id, final_webhook)| Locked {
+            call_status: status.into(),
+            call_attempts: attempts,
+            attempt_id,
+            attempt_status,
+            provider_call_id,
+            final_webhook,
+        },
+    ))
 }
 
 pub(crate) async fn event(

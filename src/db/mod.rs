@@ -15,8 +15,8 @@ use sqlx::{
 
 pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
-    CallFilter, CreateOutcome, IdempotencyKey, NewCall, cancel_call, count_by_status,
-    create_calls, create_each, create_idempotent, get_call, list_calls, update_payload,
+    CallFilter, CreateOutcome, IdempotencyKey, NewCall, cancel_call, count_by_status, create_calls,
+    create_each, create_idempotent, get_call, list_calls, update_payload,
 };
 pub use dispatch::{
     Claimed, QUEUE_UPKEEP_LOCK, QueueUpkeep, claim, expire_overdue, next_due, owns_queue,

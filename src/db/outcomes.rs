@@ -88,9 +88,8 @@ pub async fn record_dial_outcome(
             .fetch_one(&mut *tx)
             .await?;
             if before + 1 >= MAX_RATE_LIMITED {
-                let reason = format!(
-                    "rate limited by the provider (429) {MAX_RATE_LIMITED} times in a row"
-                );
+                let reason =
+                    format!("rate limited by the provider (429) {MAX_RATE_LIMITED} times in a row");
                 let call = if live {
                     CallMove::after_failure(&reason, decide(*retry_after))
                 } else {

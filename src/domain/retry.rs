@@ -144,15 +144,27 @@ mod tests {
             POLICY.after_rate_limit(1, Some(Duration::from_secs(5)), 0.5),
             Duration::from_secs(5)
         );
-        assert_eq!(POLICY.after_rate_limit(1, None, 0.5), Duration::from_secs(30));
+        assert_eq!(
+            POLICY.after_rate_limit(1, None, 0.5),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
     fn repeated_rate_limits_wait_longer_and_never_less_than_a_second() {
         let zero = Some(Duration::ZERO);
-        assert_eq!(POLICY.after_rate_limit(1, zero, 0.5), Duration::from_secs(1));
-        assert_eq!(POLICY.after_rate_limit(2, zero, 0.5), Duration::from_secs(2));
-        assert_eq!(POLICY.after_rate_limit(5, zero, 0.5), Duration::from_secs(16));
+        assert_eq!(
+            POLICY.after_rate_limit(1, zero, 0.5),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            POLICY.after_rate_limit(2, zero, 0.5),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            POLICY.after_rate_limit(5, zero, 0.5),
+            Duration::from_secs(16)
+        );
         // Capped by RETRY_MAX_DELAY...
         assert_eq!(
             POLICY.after_rate_limit(30, zero, 0.5),

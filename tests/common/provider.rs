@@ -198,7 +198,10 @@ impl FakeProvider {
             (Reply::Huge(bytes), _) => Response::builder()
                 .status(StatusCode::ACCEPTED)
                 .content_type("application/json")
-                .body(format!("{{\"callId\": \"p-huge\", \"pad\": \"{}\"}}", "x".repeat(bytes))),
+                .body(format!(
+                    "{{\"callId\": \"p-huge\", \"pad\": \"{}\"}}",
+                    "x".repeat(bytes)
+                )),
             _ => unreachable!(),
         }
     }
