@@ -107,6 +107,23 @@ fn request_hash(route: &str, calls: &[NewCall]) -> Vec<u8> {
     hash.finalize().to_vec()
 }
 
+/// Stores `calls` under the client's `Idempotency-Key` for `route` (see `db::create_idempotent`).
+async fn create_under_key(
+    state: &ApiState,
+    request: &poem::Request,
+    route: &str,
+    calls: &[NewCall],
+    key: &str,
+) -> Result<CreateOutcome, db::DbError> {
+    let (scope, hash) = (scope(request), request_hash(route, calls));
+    let key = IdempotencyKey {
+        scope: &scope,
+        key,
+        request_hash: &hash,
+    };
+    db::create_idempotent(&state.pool, calls, key).await
+}
+
 /// Whose Idempotency-Keys these are (see `ClientScope`).
 fn scope(request: &poem::Request) -> Vec<u8> {
     request
@@ -156,13 +173,7 @@ impl CallsApi {
         let outcome = match key {
             Some(key) => {
                 let calls = std::slice::from_ref(&call);
-                let (scope, hash) = (scope(request), request_hash("call", calls));
-                let key = IdempotencyKey {
-                    scope: &scope,
-                    key,
-                    request_hash: &hash,
-                };
-                db::create_idempotent(&self.state.pool, calls, key).await
+                create_under_key(&self.state, request, "call", calls, key).await
             }
             // Creates that arrive together are stored together (group commit).
             None => match self.state.creates.submit(fastrand::u64(..), call).await {
@@ -261,25 +272,17 @@ impl CallsApi {
             )));
         }
         let (created, replayed) = match key {
-            Some(key) => {
-                let (scope, hash) = (scope(request), request_hash("batch", &calls));
-                let key = IdempotencyKey {
-                    scope: &scope,
-                    key,
-                    request_hash: &hash,
-                };
-                match db::create_idempotent(&self.state.pool, &calls, key).await {
-                    Ok(CreateOutcome::Created(created)) => (created, None),
-                    Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
-                    Err(db::DbError::IdempotencyConflict) => {
-                        return Err(ApiError::from_db(
-                            db::DbError::IdempotencyConflict,
-                            Uuid::nil(),
-                        ));
-                    }
-                    Err(err) => return Err(err.into()),
+            Some(key) => match create_under_key(&self.state, request, "batch", &calls, key).await {
+                Ok(CreateOutcome::Created(created)) => (created, None),
+                Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
+                Err(db::DbError::IdempotencyConflict) => {
+                    return Err(ApiError::from_db(
+                        db::DbError::IdempotencyConflict,
+                        Uuid::nil(),
+                    ));
                 }
-            }
+                Err(err) => return Err(err.into()),
+            },
             None => (db::create_calls(&self.state.pool, &calls).await?, None),
         };
         if replayed.is_none() {
