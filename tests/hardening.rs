@@ -30,17 +30,6 @@ async fn create(app: &TestApp, to: &str) -> String {
     app.create_call(to).await["id"].as_str().unwrap().to_owned()
 }
 
-/// Creates a call and dials it; returns (call id, the provider's callId).
-async fn dialed(app: &TestApp, to: &str) -> (String, String) {
-    let id = create(app, to).await;
-    app.dispatcher().await.run_once().await.unwrap();
-    let external = app.call(&id).await["externalCallId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (id, external)
-}
-
 fn count(timeline: &[String], kind: &str) -> usize {
     timeline.iter().filter(|k| *k == kind).count()
 }
@@ -48,7 +37,7 @@ fn count(timeline: &[String], kind: &str) -> usize {
 #[tokio::test]
 async fn without_a_secret_only_the_token_of_the_attempt_moves_it() {
     let (provider, app) = setup_with(|_| {}).await;
-    let (id, external) = dialed(&app, "+14155550100").await;
+    let (id, external) = app.dialed("+14155550100").await;
     let uuid: Uuid = id.parse().unwrap();
     // The callId alone, as anyone who guesses sequential ids could send it.
     for status in ["BUSY", "COMPLETED", "RINGING"] {
@@ -135,7 +124,7 @@ async fn a_reference_never_binds_a_forged_id_nor_crosses_to_another_attempt() {
         .to_owned();
     assert_eq!(external, "p-1", "the provider's own id, not the forger's");
     // The attempt's own token does not carry another call's callId.
-    let (other, other_external) = dialed(&app, "+14155550101").await;
+    let (other, other_external) = app.dialed("+14155550101").await;
     let query = attempt_query(&app.pool, id.parse().unwrap(), 1).await;
     let (code, body) = app
         .webhook_raw(
@@ -584,7 +573,7 @@ async fn metrics_can_ask_for_a_key_or_move_to_a_port_of_their_own() {
 #[tokio::test]
 async fn progress_is_bounded_the_timeline_pages_and_ids_are_plain() {
     let (_provider, app) = setup_with(|_| {}).await;
-    let (id, external) = dialed(&app, "+14155550100").await;
+    let (id, external) = app.dialed("+14155550100").await;
     for _ in 0..30 {
         let (code, body) = app
             .webhook(
@@ -637,7 +626,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 #[tokio::test]
 async fn a_replayed_signed_webhook_changes_nothing() {
     let (_provider, app) = setup_with(|c| c.webhook_secret = Some(Secret::new(SECRET))).await;
-    let (id, external) = dialed(&app, "+14155550100").await;
+    let (id, external) = app.dialed("+14155550100").await;
     let body = json!({"callId": external, "status": "RINGING"}).to_string();
     let now = chrono::Utc::now().timestamp();
     let signature = standardwebhooks::Webhook::new(SECRET)

@@ -23,22 +23,10 @@ async fn setup() -> (FakeProvider, TestApp) {
     setup_with(|_| {}).await
 }
 
-/// Creates a call and dials it; returns (call id, the provider's callId).
-async fn dialed(app: &TestApp) -> (String, String) {
-    let call = app.create_call("+14155550100").await;
-    let id = call["id"].as_str().unwrap().to_owned();
-    app.dispatcher().await.run_once().await.unwrap();
-    let external = app.call(&id).await["externalCallId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    (id, external)
-}
-
 #[tokio::test]
 async fn completed_completes_the_call_and_a_repeat_changes_nothing() {
     let (_provider, app) = setup().await;
-    let (id, external) = dialed(&app).await;
+    let (id, external) = app.dialed("+14155550100").await;
     let (status, body) = app
         .webhook("", json!({"callId": external, "status": "COMPLETED", "durationSec": 42, "completedAt": "2025-07-25T10:05:00Z"}))
         .await;
@@ -65,7 +53,7 @@ async fn completed_completes_the_call_and_a_repeat_changes_nothing() {
 #[tokio::test]
 async fn progress_statuses_only_reach_the_timeline() {
     let (_provider, app) = setup().await;
-    let (id, external) = dialed(&app).await;
+    let (id, external) = app.dialed("+14155550100").await;
     let before = app.call(&id).await;
     for status in ["QUEUED", "RINGING", "IN_PROGRESS"] {
         let (code, body) = app
@@ -92,7 +80,7 @@ async fn progress_statuses_only_reach_the_timeline() {
 #[tokio::test]
 async fn failures_retry_while_attempts_remain_then_fail() {
     let (provider, app) = setup().await;
-    let (id, first) = dialed(&app).await;
+    let (id, first) = app.dialed("+14155550100").await;
     for (status, attempt) in [("BUSY", 1), ("NO_ANSWER", 2)] {
         let (code, _) = app.webhook("", json!({"callId": if attempt == 1 { first.clone() } else { app.call(&id).await["externalCallId"].as_str().unwrap().to_owned() }, "status": status})).await;
         assert_eq!(code, StatusCode::OK);
@@ -123,7 +111,7 @@ async fn failures_retry_while_attempts_remain_then_fail() {
 #[tokio::test]
 async fn a_late_webhook_for_an_earlier_attempt_changes_only_the_timeline() {
     let (_provider, app) = setup().await;
-    let (id, first) = dialed(&app).await;
+    let (id, first) = app.dialed("+14155550100").await;
     app.webhook("", json!({"callId": first, "status": "FAILED"}))
         .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -186,7 +174,7 @@ async fn a_webhook_that_beats_the_providers_answer_is_applied() {
 #[tokio::test]
 async fn unknown_ids_and_malformed_bodies_are_refused() {
     let (_provider, app) = setup().await;
-    let (id, external) = dialed(&app).await;
+    let (id, external) = app.dialed("+14155550100").await;
     let (code, body) = app
         .webhook("", json!({"callId": "nobody", "status": "COMPLETED"}))
         .await;
@@ -250,7 +238,7 @@ async fn unknown_ids_and_malformed_bodies_are_refused() {
 #[tokio::test]
 async fn expiry_and_the_real_outcome_arriving_after_it() {
     let (provider, app) = setup_with(|c| c.call_timeout = Duration::from_millis(300)).await;
-    let (completed, completed_ext) = dialed(&app).await;
+    let (completed, completed_ext) = app.dialed("+14155550100").await;
     let second = app.create_call("+14155550111").await["id"]
         .as_str()
         .unwrap()
@@ -362,7 +350,7 @@ async fn signed_webhooks_are_verified() {
         c.webhook_secret = Some(call_orchestrator::config::Secret::new(SECRET));
     })
     .await;
-    let (id, external) = dialed(&app).await;
+    let (id, external) = app.dialed("+14155550100").await;
     let body = json!({"callId": external, "status": "COMPLETED"}).to_string();
     let now = chrono::Utc::now().timestamp();
     let send = |headers: Vec<(&'static str, String)>, body: String| {
@@ -462,7 +450,7 @@ async fn the_service_can_accept_two_secrets_while_rotating() {
         )));
     })
     .await;
-    let (id, external) = dialed(&app).await;
+    let (id, external) = app.dialed("+14155550100").await;
     let body = json!({"callId": external, "status": "RINGING"}).to_string();
     let now = chrono::Utc::now().timestamp();
     for (secret, msg) in [(SECRET, "msg_new"), (OLD_SECRET, "msg_old")] {

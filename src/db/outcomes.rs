@@ -23,8 +23,7 @@ pub const MAX_RATE_LIMITED: i64 = 20;
 /// Records the provider's answer to attempt `attempt` of `call_id`. `decide` gives the
 /// retry decision for a failed attempt (it is called only when one is needed);
 /// `rate_limit_delay` the wait after the given number of 429s in a row (from 1) and the
-/// provider's `Retry-After`; `unknown_delay` the wait before an attempt whose answer was
-/// lost is sent again, after the given number of rescues.
+/// provider's `Retry-After`. An unknown outcome carries its own wait before the resend.
 pub async fn record_dial_outcome(
     pool: &PgPool,
     call_id: Uuid,

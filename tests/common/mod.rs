@@ -246,6 +246,21 @@ impl TestApp {
         body["data"].clone()
     }
 
+    /// Creates a call to `to` and dials it (one dispatcher step); returns (call id, the
+    /// provider's callId).
+    pub async fn dialed(&self, to: &str) -> (String, String) {
+        let id = self.create_call(to).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.dispatcher().await.run_once().await.unwrap();
+        let external = self.call(&id).await["externalCallId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (id, external)
+    }
+
     /// Rows in the tables a request may write to: (calls, events, idempotency keys).
     pub async fn row_counts(&self) -> (i64, i64, i64) {
         sqlx::query_as(
