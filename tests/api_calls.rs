@@ -468,12 +468,12 @@ async fn concurrent_requests_with_one_key_create_one_call() {
 
 #[tokio::test]
 async fn health_follows_the_database() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_on_private_cluster(|_| {}).await;
     let (status, body) = app.get("/health").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"status": "ok"}));
 
-    app.cluster.stop();
+    app.private_cluster().stop();
     let (status, body) = app.get("/health").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["status"], "unavailable");
@@ -486,7 +486,7 @@ async fn health_follows_the_database() {
         "DATABASE_UNAVAILABLE",
     );
 
-    app.cluster.restart().await.unwrap();
+    app.private_cluster().restart().await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (status, _) = app.get("/health").await;

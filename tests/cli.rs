@@ -7,7 +7,6 @@ use std::{
 
 mod common;
 
-use call_orchestrator::pg::{ClusterOptions, PgCluster};
 use common::{binary as command, free_port};
 
 fn assert_config_error(command: &mut Command, variable: &str) {
@@ -82,12 +81,12 @@ async fn configuration_file_is_read_and_checked() {
         "max_concurent_calls",
     );
     // The environment wins over the file, and the file over the defaults.
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let database = common::pg::empty_database().await;
     std::fs::write(
         &file,
         format!(
             "max_concurrent_calls = 0\ndatabase_url = \"{}\"\n",
-            cluster.url("postgres")
+            &database
         ),
     )
     .unwrap();
@@ -123,8 +122,7 @@ fn every_command_has_help() {
 
 #[tokio::test]
 async fn migrations_are_safe_when_replicas_start_at_once() {
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
-    let url = cluster.url("postgres");
+    let url = common::pg::empty_database().await;
     let children: Vec<_> = (0..4)
         .map(|_| {
             command(&["migrate"])
@@ -156,10 +154,10 @@ async fn migrations_are_safe_when_replicas_start_at_once() {
 
 #[tokio::test]
 async fn api_serves_and_stops_cleanly_on_sigterm() {
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let database = common::pg::empty_database().await;
     let port = free_port();
     let mut child = command(&["api"])
-        .env("DATABASE_URL", cluster.url("postgres"))
+        .env("DATABASE_URL", &database)
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .stdout(Stdio::null())
@@ -203,11 +201,11 @@ async fn api_serves_and_stops_cleanly_on_sigterm() {
 
 #[tokio::test]
 async fn json_logs_name_the_call_and_log_dir_keeps_files() {
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let database = common::pg::empty_database().await;
     let logs = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = command(&["api"])
-        .env("DATABASE_URL", cluster.url("postgres"))
+        .env("DATABASE_URL", &database)
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("LOG_FORMAT", "json")

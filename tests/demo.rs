@@ -5,7 +5,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use call_orchestrator::pg::{ClusterOptions, PgCluster};
 use serde_json::{Value, json};
 
 mod common;
@@ -98,7 +97,7 @@ fn provider_sim_refuses_bad_settings() {
 
 #[tokio::test]
 async fn provider_sim_drives_serve() {
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let database = common::pg::empty_database().await;
     let (sim_port, api_port) = (free_port(), free_port());
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let mut sim = command(&["provider-sim"])
@@ -114,7 +113,7 @@ async fn provider_sim_drives_serve() {
         .spawn()
         .unwrap();
     let mut serve = command(&["serve"])
-        .env("DATABASE_URL", cluster.url("postgres"))
+        .env("DATABASE_URL", &database)
         .env("HOST", "127.0.0.1")
         .env("PORT", api_port.to_string())
         .env(

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use call_orchestrator::pg::{ClusterOptions, PgCluster};
 use common::{
     TestApp, binary, free_port,
     provider::{AutoEnd, FakeProvider, Reply},
@@ -38,7 +37,7 @@ async fn simultaneous_claims_never_exceed_the_cap() {
         let mut claims = Vec::new();
         let start = std::sync::Arc::new(tokio::sync::Barrier::new(8));
         for _ in 0..8 {
-            let pool = sqlx::PgPool::connect(&app.cluster.url("postgres"))
+            let pool = sqlx::PgPool::connect(&app.db_url)
                 .await
                 .unwrap();
             let start = start.clone();
@@ -252,14 +251,14 @@ async fn a_freed_slot_is_refilled_by_notification() {
 
 /// `serve` on `port`, against the cluster and the fake provider.
 fn serve_command(
-    cluster: &PgCluster,
+    database: &str,
     provider: &FakeProvider,
     port: u16,
     provider_timeout: &str,
 ) -> Command {
     let mut command = binary(&["serve"]);
     command
-        .env("DATABASE_URL", cluster.url("postgres"))
+        .env("DATABASE_URL", database)
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("AI_CALL_API_URL", &provider.url)
@@ -271,8 +270,8 @@ fn serve_command(
     command
 }
 
-fn serve(cluster: &PgCluster, provider: &FakeProvider, port: u16) -> std::process::Child {
-    serve_command(cluster, provider, port, "10s")
+fn serve(database: &str, provider: &FakeProvider, port: u16) -> std::process::Child {
+    serve_command(database, provider, port, "10s")
         .spawn()
         .unwrap()
 }
@@ -303,11 +302,11 @@ async fn create_call(port: u16) -> String {
 /// started (and records their answers), and exits; a second signal exits at once.
 #[tokio::test]
 async fn sigterm_drains_the_requests_in_flight() {
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let database = common::pg::empty_database().await;
     let provider = FakeProvider::start().await;
     provider.script([Reply::AcceptAfter(Duration::from_millis(1500))]);
     let port = free_port();
-    let mut child = serve(&cluster, &provider, port);
+    let mut child = serve(&database, &provider, port);
     let id = create_call(port).await;
     wait_for("the dial", Duration::from_secs(20), async || {
         !provider.received().is_empty()
@@ -319,7 +318,7 @@ async fn sigterm_drains_the_requests_in_flight() {
         .unwrap();
     assert!(status.success(), "{status}");
 
-    let pool = sqlx::PgPool::connect(&cluster.url("postgres"))
+    let pool = sqlx::PgPool::connect(&database)
         .await
         .unwrap();
     let (call_status, external): (String, Option<String>) =
@@ -343,11 +342,11 @@ async fn sigterm_drains_the_requests_in_flight() {
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let database = common::pg::empty_database().await;
     let provider = FakeProvider::start().await;
     provider.script([Reply::AcceptAfter(Duration::from_secs(8))]);
     let port = free_port();
-    let mut child = serve(&cluster, &provider, port);
+    let mut child = serve(&database, &provider, port);
     create_call(port).await;
     wait_for("the dial", Duration::from_secs(20), async || {
         !provider.received().is_empty()
@@ -371,11 +370,11 @@ async fn a_second_signal_exits_at_once() {
 /// its lease runs out, and the call ends normally.
 #[tokio::test]
 async fn a_replica_killed_mid_dial_loses_nothing() {
-    let cluster = PgCluster::start(ClusterOptions::default()).await.unwrap();
+    let database = common::pg::empty_database().await;
     let provider = FakeProvider::start().await;
     provider.script([Reply::AcceptAfter(Duration::from_secs(2))]);
     let port = free_port();
-    let mut first = serve_command(&cluster, &provider, port, "1s")
+    let mut first = serve_command(&database, &provider, port, "1s")
         .spawn()
         .unwrap();
     let id = create_call(port).await;
@@ -388,14 +387,14 @@ async fn a_replica_killed_mid_dial_loses_nothing() {
 
     // A second replica, on another port; the lease of the dead one's attempt runs out.
     let second_port = free_port();
-    let mut second = serve_command(&cluster, &provider, second_port, "1s")
+    let mut second = serve_command(&database, &provider, second_port, "1s")
         .spawn()
         .unwrap();
     wait_for("the rescue", Duration::from_secs(60), async || {
         provider.with_stats(|s| s.repeats) >= 1
     })
     .await;
-    let pool = sqlx::PgPool::connect(&cluster.url("postgres"))
+    let pool = sqlx::PgPool::connect(&database)
         .await
         .unwrap();
     wait_for(
@@ -446,7 +445,7 @@ async fn a_postgres_restart_loses_nothing() {
     }))
     .await;
     let url = provider.url.clone();
-    let mut app = TestApp::spawn_with(|c| {
+    let mut app = TestApp::spawn_on_private_cluster(|c| {
         c.ai_call_api_url = Some(url);
         c.max_concurrent_calls = 5;
         c.retry_base_delay = Duration::from_millis(50);
@@ -468,7 +467,7 @@ async fn a_postgres_restart_loses_nothing() {
         provider.received().len() >= 10
     })
     .await;
-    app.cluster.restart().await.unwrap();
+    app.private_cluster().restart().await.unwrap();
     wait_for("every call to end", Duration::from_secs(120), async || {
         let (status, metrics) = app.get("/api/v1/metrics").await;
         status.is_success() && metrics["data"]["COMPLETED"] == 60

@@ -14,7 +14,7 @@ fn psql(app: &TestApp, file: &str, vars: &[(&str, &str)]) -> String {
         .unwrap_or_else(|| "psql".into());
     let mut command = Command::new(bin);
     command
-        .arg(app.cluster.url("postgres"))
+        .arg(&app.db_url)
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-f"])
         .arg(format!("{}/sql/ops/{file}", env!("CARGO_MANIFEST_DIR")));
     for (name, value) in vars {

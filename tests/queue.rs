@@ -224,7 +224,7 @@ async fn one_worker_at_a_time_looks_after_the_queue() {
     // On a pool of one connection, so that the pool cannot open another in its place.
     let one = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .connect(&app.cluster.url("postgres"))
+        .connect(&app.db_url)
         .await
         .unwrap();
     assert!(db::queue_upkeep(&one).await.unwrap().vacuumed);

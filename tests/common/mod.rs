@@ -1,8 +1,10 @@
-//! Shared by the integration tests: a private PostgreSQL cluster per test, the real HTTP
-//! server on a loopback port chosen by the OS, and small request helpers.
+//! Shared by the integration tests: a database per test on the binary's PostgreSQL cluster
+//! (`pg`), the real HTTP server on a loopback port chosen by the OS, and small request
+//! helpers.
 
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod provider;
 
 use std::{sync::Once, time::Duration};
@@ -68,10 +70,12 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub config: Config,
+    /// The test's own database.
+    pub db_url: String,
     shutdown: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
-    // Last: the cluster outlives the server and the pool.
-    pub cluster: PgCluster,
+    // Last: a private cluster outlives the server and the pool.
+    cluster: Option<PgCluster>,
 }
 
 fn init_logs() {
@@ -107,16 +111,35 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
-    /// Starts with the default configuration, changed by `adjust`.
+    /// Starts with the default configuration, changed by `adjust`, on a database of its own.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        init_logs();
+        Self::start(pg::migrated_database().await, None, adjust).await
+    }
+
+    /// Starts on a PostgreSQL cluster of its own, for tests that stop or restart the
+    /// database (see [`TestApp::private_cluster`]).
+    pub async fn spawn_on_private_cluster(adjust: impl FnOnce(&mut Config)) -> Self {
         let cluster = PgCluster::start(ClusterOptions::default())
             .await
             .expect("start PostgreSQL");
+        Self::start(cluster.url("postgres"), Some(cluster), adjust).await
+    }
+
+    /// The cluster of [`TestApp::spawn_on_private_cluster`].
+    pub fn private_cluster(&mut self) -> &mut PgCluster {
+        self.cluster
+            .as_mut()
+            .expect("started with spawn_on_private_cluster")
+    }
+
+    async fn start(
+        db_url: String,
+        cluster: Option<PgCluster>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        init_logs();
         let mut config = Config {
-            database_url: Some(call_orchestrator::config::Secret::new(
-                cluster.url("postgres"),
-            )),
+            database_url: Some(call_orchestrator::config::Secret::new(db_url.clone())),
             host: "127.0.0.1".into(),
             port: 0,
             ..Config::default()
@@ -142,6 +165,7 @@ impl TestApp {
                 .build()
                 .unwrap(),
             config,
+            db_url,
             shutdown,
             server: Some(server),
             cluster,
@@ -153,7 +177,7 @@ impl TestApp {
     pub async fn worker(&self) -> Worker {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
-            .connect(&self.cluster.url("postgres"))
+            .connect(&self.db_url)
             .await
             .unwrap();
         app::worker(&self.config, pool).await.unwrap()
