@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tokio::task::JoinSet;
 
 use crate::{
-    api::{self, ApiState, listener::GuardedAcceptor},
-    config::{Config, Secret},
+    api::{self, ApiState, Writers, listener::GuardedAcceptor},
+    config::Config,
     db,
-    domain::WebhookTokens,
-    provider::HttpProvider,
+    domain::{RetryPolicy, WebhookTokens, decide::Retry},
+    provider::{self, CallProvider},
     worker::{Dispatcher, Sweeper, Worker, WorkerSettings},
 };
 
@@ -30,7 +30,7 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
         match db::migrate(&pool).await {
             Ok(()) => return Ok(pool),
             Err(sqlx::migrate::MigrateError::Execute(err))
-                if tokio::time::Instant::now() < deadline && is_connection_error(&err) =>
+                if tokio::time::Instant::now() < deadline && db::is_unavailable(&err) =>
             {
                 tracing::warn!(error = %err, "database not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -38,13 +38,6 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
             Err(err) => return Err(err).context("applying database migrations"),
         }
     }
-}
-
-fn is_connection_error(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
-    )
 }
 
 /// Cancelled by the first SIGTERM or SIGINT; a second one exits at once.
@@ -99,7 +92,10 @@ pub async fn serve_api(
              (WEBHOOK_SECRET is not set)"
         );
     }
-    let state = Arc::new(ApiState::new(config, pool, tokens));
+    crate::metrics::handle();
+    let provider = provider::from_config(config).context("building the provider")?;
+    let writers = api_writers(config, &pool, config.retry_policy());
+    let state = Arc::new(ApiState::new(config, pool, tokens, provider, writers));
     let metrics = match config.metrics_port {
         Some(port) => {
             let address = format!("{}:{port}", config.host);
@@ -122,6 +118,38 @@ pub async fn serve_api(
         metrics.await??;
     }
     served
+}
+
+/// Starts the API's background writers on the current Tokio runtime: the wake-up of the
+/// dispatchers, and the group commit of creates and of webhooks (up to four lanes each,
+/// each holding one connection while it writes).
+pub fn api_writers(config: &Config, pool: &PgPool, policy: RetryPolicy) -> Writers {
+    let lanes = (config.db_max_connections as usize / 3).clamp(1, 4);
+    let webhooks = {
+        let pool = pool.clone();
+        db::Batcher::start("webhook", lanes, 64, move |updates| {
+            let pool = pool.clone();
+            async move {
+                db::apply_webhooks(&pool, &updates, || Retry {
+                    policy,
+                    jitter: fastrand::f64(),
+                })
+                .await
+            }
+        })
+    };
+    let creates = {
+        let pool = pool.clone();
+        db::Batcher::start("create", lanes, 128, move |calls| {
+            let pool = pool.clone();
+            async move { db::create_each(&pool, &calls).await }
+        })
+    };
+    Writers {
+        wakeup: db::Wakeup::spawn(pool.clone()),
+        creates,
+        webhooks,
+    }
 }
 
 /// `HTTP_MAX_CONNECTIONS` and `HTTP_READ_TIMEOUT`.
@@ -199,20 +227,25 @@ impl Roles {
     };
 }
 
-/// The worker's handles, built from the configuration.
+/// The worker's handles, built from the configuration, with its batching of the
+/// provider's 2xx answers started on the current Tokio runtime.
 pub async fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
     crate::metrics::handle();
-    let settings = WorkerSettings::from_config(config, webhook_tokens(&pool).await?);
-    let provider = HttpProvider::new(
-        config.ai_call_api_url.as_deref().unwrap_or_default(),
-        config
-            .ai_call_api_key
-            .clone()
-            .unwrap_or_else(|| Secret::new("")),
-        config.provider_timeout,
-    )
-    .context("building the provider client")?;
-    Ok(Worker::new(pool, provider, settings))
+    let provider: Arc<dyn CallProvider> =
+        provider::from_config(config).context("building the provider")?;
+    let settings = WorkerSettings::from_config(
+        config,
+        webhook_tokens(&pool).await?,
+        provider.webhook_path(),
+    );
+    let accepts = {
+        let pool = pool.clone();
+        db::Batcher::start("accepted", 2, 256, move |accepted: Vec<db::Accepted>| {
+            let pool = pool.clone();
+            async move { db::record_accepted_each(&pool, &accepted).await }
+        })
+    };
+    Ok(Worker::new(pool, provider, settings, accepts))
 }
 
 /// `serve`, `api`, `worker`: runs the chosen parts until SIGTERM or SIGINT, then lets each

@@ -6,12 +6,12 @@ use clap::{Parser, Subcommand};
 
 use call_orchestrator::{
     api, app,
-    bench::BenchArgs,
     config::{Config, LogFormat, Needs},
-    demo::{self, DemoArgs},
-    import::ImportArgs,
-    sim::{SimConfig, Simulator},
     telemetry,
+    tools::bench::BenchArgs,
+    tools::demo::{self, DemoArgs},
+    tools::import::ImportArgs,
+    tools::sim::{SimConfig, Simulator},
 };
 
 /// Places AI phone calls through a provider, with PostgreSQL as the only queue.
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         Command::Import(args) => return run_import(args),
         Command::Bench(args) => {
             let _guards = quiet_logs("error");
-            return finish(runtime().block_on(call_orchestrator::bench::run(args)));
+            return finish(runtime().block_on(call_orchestrator::tools::bench::run(args)));
         }
         Command::Serve | Command::Worker => Needs::Provider,
         Command::Api | Command::Migrate => Needs::Database,
@@ -156,7 +156,7 @@ fn run_simulator(config: SimConfig) -> ExitCode {
 
 fn run_import(args: ImportArgs) -> ExitCode {
     let _guards = quiet_logs("error");
-    match runtime().block_on(call_orchestrator::import::run(args)) {
+    match runtime().block_on(call_orchestrator::tools::import::run(args)) {
         Ok(report) if report.rejected.is_empty() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(err) => {

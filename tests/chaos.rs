@@ -20,8 +20,8 @@ use std::{
 mod common;
 
 use call_orchestrator::{
-    pg::{ClusterOptions, PgCluster},
-    sim::{Faults, SimConfig, Simulator},
+    tools::pg::{ClusterOptions, PgCluster},
+    tools::sim::{Faults, SimConfig, Simulator},
 };
 use common::{binary, free_port, wait_ok};
 use nix::sys::signal::{Signal, kill};

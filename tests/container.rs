@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
-use call_orchestrator::{config::KEYS, sim::SimConfig};
+use call_orchestrator::{config::KEYS, tools::sim::SimConfig};
 use clap::Args;
 use serde_yaml::Value;
 

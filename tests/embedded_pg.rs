@@ -1,6 +1,6 @@
 //! The private PostgreSQL cluster: start, reuse of a kept folder, and a clean stop.
 
-use call_orchestrator::pg::{ClusterOptions, PgCluster};
+use call_orchestrator::tools::pg::{ClusterOptions, PgCluster};
 
 async fn scalar(url: &str, sql: &str) -> i64 {
     let pool = sqlx::PgPool::connect(url).await.unwrap();

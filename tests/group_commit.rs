@@ -8,13 +8,30 @@ mod common;
 use std::{collections::HashSet, time::Duration};
 
 use call_orchestrator::{
-    db::{self, Accepted, DbError, NewCall, ProviderStatus, WebhookEffect, WebhookUpdate},
-    domain::{CallPayload, PhoneNumber, RetryDecision, ScriptId},
+    db::{self, Accepted, DbError, NewCall},
+    domain::{
+        CallPayload, PhoneNumber, ProviderStatus, RetryDecision, RetryPolicy, ScriptId,
+        WebhookUpdate,
+        decide::{Retry, WebhookEffect},
+    },
 };
 use common::TestApp;
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
+
+/// A retry policy of `max_attempts` with a constant delay of `seconds`.
+fn retry(max_attempts: u32, seconds: u64) -> Retry {
+    let delay = Duration::from_secs(seconds);
+    Retry {
+        policy: RetryPolicy {
+            max_attempts,
+            base_delay: delay,
+            max_delay: delay,
+        },
+        jitter: 0.5,
+    }
+}
 
 /// Transactions that wrote the rows `query` selects (their `xmin`).
 async fn writers(app: &TestApp, query: &str) -> usize {
@@ -179,10 +196,8 @@ async fn webhooks_applied_together_come_to_what_one_by_one_would() {
         webhook("prov-1", ProviderStatus::Busy),
         early,
     ];
-    let results = db::apply_webhooks(&app.pool, &batch, |_| {
-        RetryDecision::RetryAfter(Duration::from_secs(60))
-    })
-    .await;
+    // Always a retry after 60 s (no jitter at 0.5).
+    let results = db::apply_webhooks(&app.pool, &batch, || retry(100, 60)).await;
     let effects: Vec<_> = results
         .iter()
         .map(|r| match r {
@@ -319,7 +334,8 @@ async fn a_batch_of_webhooks_and_a_batch_of_answers_over_the_same_calls_never_de
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pool = app.pool.clone();
     let applying = tokio::spawn(async move {
-        db::apply_webhooks(&pool, &webhooks, |_| RetryDecision::GiveUp).await
+        // Never a retry.
+        db::apply_webhooks(&pool, &webhooks, || retry(1, 60)).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     blocker.commit().await.unwrap();

@@ -37,9 +37,7 @@ async fn simultaneous_claims_never_exceed_the_cap() {
         let mut claims = Vec::new();
         let start = std::sync::Arc::new(tokio::sync::Barrier::new(8));
         for _ in 0..8 {
-            let pool = sqlx::PgPool::connect(&app.db_url)
-                .await
-                .unwrap();
+            let pool = sqlx::PgPool::connect(&app.db_url).await.unwrap();
             let start = start.clone();
             claims.push(tokio::spawn(async move {
                 start.wait().await;
@@ -318,9 +316,7 @@ async fn sigterm_drains_the_requests_in_flight() {
         .unwrap();
     assert!(status.success(), "{status}");
 
-    let pool = sqlx::PgPool::connect(&database)
-        .await
-        .unwrap();
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
     let (call_status, external): (String, Option<String>) =
         sqlx::query_as("SELECT status::text, external_call_id FROM calls WHERE id = $1::uuid")
             .bind(&id)
@@ -394,9 +390,7 @@ async fn a_replica_killed_mid_dial_loses_nothing() {
         provider.with_stats(|s| s.repeats) >= 1
     })
     .await;
-    let pool = sqlx::PgPool::connect(&database)
-        .await
-        .unwrap();
+    let pool = sqlx::PgPool::connect(&database).await.unwrap();
     wait_for(
         "the rescue to be recorded",
         Duration::from_secs(20),

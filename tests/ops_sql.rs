@@ -8,7 +8,7 @@ use common::{TestApp, provider::FakeProvider};
 use serde_json::{Value, json};
 
 fn psql(app: &TestApp, file: &str, vars: &[(&str, &str)]) -> String {
-    let bin = call_orchestrator::pg::find_bin_dir()
+    let bin = call_orchestrator::tools::pg::find_bin_dir()
         .map(|dir| dir.join("psql"))
         .filter(|p| p.is_file())
         .unwrap_or_else(|| "psql".into());

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use call_orchestrator::sim::{OutcomeMix, SimConfig, Simulator};
+use call_orchestrator::tools::sim::{OutcomeMix, SimConfig, Simulator};
 use poem::{EndpointExt, Request, Route, Server, listener::TcpAcceptor, post};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

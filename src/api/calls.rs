@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
+
 use chrono::Utc;
 use poem_openapi::{
     ApiResponse, OpenApi,
@@ -9,12 +11,12 @@ use poem_openapi::{
     payload::Json,
     types::ParseFromJSON,
 };
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiState, ApiTags, ClientScope,
+    ApiState, ApiTags,
     error::{ApiError, envelope},
+    idempotency::{checked_key, create_under_key},
     models::{
         BatchCreateRequest, Call, CallEnvelope, CallPage, CallsEnvelope, Concurrency,
         CreateCallRequest, CursorPagination, ErrorDetail, EventPage, MetricsEnvelope, Pagination,
@@ -22,7 +24,7 @@ use super::{
     },
 };
 use crate::{
-    db::{self, CallFilter, CreateOutcome, IdempotencyKey, NewCall},
+    db::{self, CallFilter, CreateOutcome, NewCall},
     domain::{CallPayload, CallStatus, FieldError, PhoneNumber, merge_patch},
 };
 
@@ -44,7 +46,6 @@ pub const MAX_BATCH: usize = 1000;
 /// Largest page of `GET /api/v1/calls`.
 pub const MAX_LIMIT: i64 = 100;
 const MAX_PAGE: i64 = 1_000_000;
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 #[derive(ApiResponse)]
 pub enum CreatedCall {
@@ -69,84 +70,13 @@ pub enum CreatedCalls {
     ),
 }
 
-pub struct CallsApi {
-    pub state: Arc<ApiState>,
-}
+pub struct CallsApi;
 
 fn parse_request(req: CreateCallRequest) -> Result<CallPayload, Vec<FieldError>> {
     let metadata = req
         .metadata
         .map(|m| serde_json::Value::Object(m.into_iter().collect()));
     CallPayload::parse(Some(&req.to.0), Some(&req.script_id.0), metadata.as_ref())
-}
-
-/// The request's `Idempotency-Key`, checked: absent, or 1 to 255 visible ASCII characters.
-fn checked_key<'a>(
-    parsed: &'a Header<Option<String>>,
-    request: &poem::Request,
-) -> Result<Option<&'a str>, ApiError> {
-    match parsed.0.as_deref() {
-        Some(key) => check_idempotency_key(key).map(|()| Some(key)),
-        // Present but not text: ignoring it would silently drop the protection asked for.
-        None if request.headers().contains_key("idempotency-key") => Err(ApiError::bad_request(
-            "INVALID_IDEMPOTENCY_KEY",
-            "the Idempotency-Key header may hold only visible ASCII characters",
-        )),
-        None => Ok(None),
-    }
-}
-
-/// Hash of what a request asks for: the route and its normalised calls, so that a key
-/// used on one route and replayed on the other, or with other calls, is a conflict.
-fn request_hash(route: &str, calls: &[NewCall]) -> Vec<u8> {
-    let payloads: Vec<serde_json::Value> = calls.iter().map(|c| c.payload.to_json()).collect();
-    let mut hash = Sha256::new();
-    hash.update(route.as_bytes());
-    hash.update([0]);
-    hash.update(serde_json::Value::Array(payloads).to_string().as_bytes());
-    hash.finalize().to_vec()
-}
-
-/// Stores `calls` under the client's `Idempotency-Key` for `route` (see `db::create_idempotent`).
-async fn create_under_key(
-    state: &ApiState,
-    request: &poem::Request,
-    route: &str,
-    calls: &[NewCall],
-    key: &str,
-) -> Result<CreateOutcome, db::DbError> {
-    let (scope, hash) = (scope(request), request_hash(route, calls));
-    let key = IdempotencyKey {
-        scope: &scope,
-        key,
-        request_hash: &hash,
-    };
-    db::create_idempotent(&state.pool, calls, key).await
-}
-
-/// Whose Idempotency-Keys these are (see `ClientScope`).
-fn scope(request: &poem::Request) -> Vec<u8> {
-    request
-        .extensions()
-        .get::<ClientScope>()
-        .map(|scope| scope.0.clone())
-        .unwrap_or_default()
-}
-
-fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(ApiError::bad_request(
-            "INVALID_IDEMPOTENCY_KEY",
-            "the Idempotency-Key header must hold 1 to 255 characters",
-        ));
-    }
-    if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request(
-            "INVALID_IDEMPOTENCY_KEY",
-            "the Idempotency-Key header may hold only visible ASCII characters",
-        ));
-    }
-    Ok(())
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Calls")]
@@ -160,6 +90,7 @@ impl CallsApi {
     #[oai(path = "/calls", method = "post", operation_id = "createCall")]
     async fn create(
         &self,
+        state: Data<&Arc<ApiState>>,
         body: Json<CreateCallRequest>,
         /// Any string of 1 to 255 visible ASCII characters that names this request.
         #[oai(name = "Idempotency-Key")]
@@ -173,10 +104,10 @@ impl CallsApi {
         let outcome = match key {
             Some(key) => {
                 let calls = std::slice::from_ref(&call);
-                create_under_key(&self.state, request, "call", calls, key).await
+                create_under_key(state.0, request, "call", calls, key).await
             }
             // Creates that arrive together are stored together (group commit).
-            None => match self.state.creates.submit(fastrand::u64(..), call).await {
+            None => match state.writers.creates.submit(fastrand::u64(..), call).await {
                 Ok(created) => created.map(|call| CreateOutcome::Created(vec![call])),
                 Err(lost) => return Err(ApiError::internal(&lost)),
             },
@@ -184,7 +115,7 @@ impl CallsApi {
         .map_err(|err| ApiError::from_db(err, id))?;
         let (mut calls, replayed) = match outcome {
             CreateOutcome::Created(calls) => {
-                self.state.wakeup.wake();
+                state.writers.wakeup.wake();
                 (calls, None)
             }
             CreateOutcome::Replayed(calls) => (calls, Some("true".to_owned())),
@@ -215,6 +146,7 @@ impl CallsApi {
     )]
     async fn batch(
         &self,
+        state: Data<&Arc<ApiState>>,
         body: Json<BatchCreateRequest>,
         /// Any string of 1 to 255 visible ASCII characters that names this request.
         #[oai(name = "Idempotency-Key")]
@@ -272,7 +204,7 @@ impl CallsApi {
             )));
         }
         let (created, replayed) = match key {
-            Some(key) => match create_under_key(&self.state, request, "batch", &calls, key).await {
+            Some(key) => match create_under_key(state.0, request, "batch", &calls, key).await {
                 Ok(CreateOutcome::Created(created)) => (created, None),
                 Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
                 Err(db::DbError::IdempotencyConflict) => {
@@ -283,10 +215,10 @@ impl CallsApi {
                 }
                 Err(err) => return Err(err.into()),
             },
-            None => (db::create_calls(&self.state.pool, &calls).await?, None),
+            None => (db::create_calls(&state.pool, &calls).await?, None),
         };
         if replayed.is_none() {
-            self.state.wakeup.wake();
+            state.writers.wakeup.wake();
             tracing::info!(count = created.len(), "batch created");
         }
         Ok(CreatedCalls::Created(
@@ -299,8 +231,12 @@ impl CallsApi {
 
     /// Get a call
     #[oai(path = "/calls/:id", method = "get", operation_id = "getCall")]
-    async fn get(&self, id: Path<Uuid>) -> Result<Json<CallEnvelope>, ApiError> {
-        let call = db::get_call(&self.state.pool, id.0)
+    async fn get(
+        &self,
+        state: Data<&Arc<ApiState>>,
+        id: Path<Uuid>,
+    ) -> Result<Json<CallEnvelope>, ApiError> {
+        let call = db::get_call(&state.pool, id.0)
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
         Ok(Json(CallEnvelope::new(call.into())))
@@ -315,6 +251,7 @@ impl CallsApi {
     #[oai(path = "/calls/:id", method = "patch", operation_id = "updateCall")]
     async fn patch(
         &self,
+        state: Data<&Arc<ApiState>>,
         id: Path<Uuid>,
         body: Json<PatchCallRequest>,
     ) -> Result<Json<CallEnvelope>, ApiError> {
@@ -325,7 +262,7 @@ impl CallsApi {
                 "`payload` must be a JSON object (a merge patch of to, scriptId, metadata)",
             )]));
         }
-        let result = db::update_payload(&self.state.pool, id.0, &patch, |current| {
+        let result = db::update_payload(&state.pool, id.0, &patch, |current| {
             let mut merged = current.to_json();
             merge_patch(&mut merged, &patch);
             CallPayload::from_json(&merged)
@@ -345,8 +282,12 @@ impl CallsApi {
         method = "post",
         operation_id = "cancelCall"
     )]
-    async fn cancel(&self, id: Path<Uuid>) -> Result<Json<CallEnvelope>, ApiError> {
-        let call = db::cancel_call(&self.state.pool, id.0)
+    async fn cancel(
+        &self,
+        state: Data<&Arc<ApiState>>,
+        id: Path<Uuid>,
+    ) -> Result<Json<CallEnvelope>, ApiError> {
+        let call = db::cancel_call(&state.pool, id.0)
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
         tracing::info!(call_id = %call.id, "call cancelled");
@@ -360,6 +301,7 @@ impl CallsApi {
     #[oai(path = "/calls", method = "get", operation_id = "listCalls")]
     async fn list(
         &self,
+        state: Data<&Arc<ApiState>>,
         /// Only calls in this status.
         status: Query<Option<Status>>,
         /// Only calls to this number (normalised like `to` on create).
@@ -395,7 +337,7 @@ impl CallsApi {
             page: page as u32,
             limit: limit as u32,
         };
-        let (calls, total) = db::list_calls(&self.state.pool, &filter).await?;
+        let (calls, total) = db::list_calls(&state.pool, &filter).await?;
         Ok(Json(CallPage {
             success: true,
             data: calls.into_iter().map(Call::from).collect(),
@@ -422,6 +364,7 @@ impl CallsApi {
     )]
     async fn events(
         &self,
+        state: Data<&Arc<ApiState>>,
         id: Path<Uuid>,
         /// Entries per page, 1 to 1000 (default 100).
         limit: Query<Option<i64>>,
@@ -444,7 +387,7 @@ impl CallsApi {
                 )
             })?),
         };
-        let (events, more) = db::list_events(&self.state.pool, id.0, after, limit)
+        let (events, more) = db::list_events(&state.pool, id.0, after, limit)
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
         let next_cursor = more
@@ -469,8 +412,11 @@ impl CallsApi {
         operation_id = "getMetrics",
         tag = "ApiTags::Operations"
     )]
-    async fn metrics(&self) -> Result<Json<MetricsEnvelope>, ApiError> {
-        let counts = db::count_by_status(&self.state.pool).await?;
+    async fn metrics(
+        &self,
+        state: Data<&Arc<ApiState>>,
+    ) -> Result<Json<MetricsEnvelope>, ApiError> {
+        let counts = db::count_by_status(&state.pool).await?;
         let mut data = StatusCounts::default();
         for (status, n) in counts {
             let slot = match status {
@@ -490,7 +436,7 @@ impl CallsApi {
             data,
             timestamp: Utc::now(),
             concurrency: Concurrency {
-                limit: self.state.max_concurrent_calls,
+                limit: state.max_concurrent_calls,
                 in_progress,
             },
         }))

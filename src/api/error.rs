@@ -121,17 +121,15 @@ impl ApiError {
     }
 
     pub fn from_sqlx(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::error!(error = %err, "database unreachable");
-                Self::Unavailable(envelope(
-                    "DATABASE_UNAVAILABLE",
-                    "the database is unreachable; try again later",
-                    Vec::new(),
-                ))
-            }
-            err => Self::internal(&err),
+        if crate::db::is_unavailable(&err) {
+            tracing::error!(error = %err, "database unreachable");
+            return Self::Unavailable(envelope(
+                "DATABASE_UNAVAILABLE",
+                "the database is unreachable; try again later",
+                Vec::new(),
+            ));
         }
+        Self::internal(&err)
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use poem::web::Data;
+
 use poem_openapi::{
     ApiResponse, OpenApi,
     payload::{Json, PlainText},
@@ -20,9 +22,7 @@ pub enum HealthResponse {
     Unavailable(Json<Health>),
 }
 
-pub struct HealthApi {
-    pub state: Arc<ApiState>,
-}
+pub struct HealthApi;
 
 #[OpenApi(tag = "ApiTags::Operations")]
 impl HealthApi {
@@ -31,8 +31,8 @@ impl HealthApi {
     /// `{"status": "ok"}` while the database answers within two seconds; 503 otherwise.
     /// No envelope: load balancers read it.
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> HealthResponse {
-        if db::ping(&self.state.pool, HEALTH_TIMEOUT).await {
+    async fn health(&self, state: Data<&Arc<ApiState>>) -> HealthResponse {
+        if db::ping(&state.pool, HEALTH_TIMEOUT).await {
             HealthResponse::Ok(Json(Health {
                 status: "ok".into(),
             }))
@@ -53,7 +53,7 @@ impl HealthApi {
     /// `METRICS_REQUIRE_API_KEY` it asks for one of `API_KEYS`; with `METRICS_PORT` it is
     /// served on that port alone.
     #[oai(path = "/metrics", method = "get", operation_id = "prometheusMetrics")]
-    async fn prometheus(&self) -> PlainText<String> {
-        PlainText(super::prometheus_text(&self.state).await)
+    async fn prometheus(&self, state: Data<&Arc<ApiState>>) -> PlainText<String> {
+        PlainText(super::prometheus_text(state.0).await)
     }
 }

@@ -3,6 +3,7 @@
 mod calls;
 mod error;
 mod health;
+mod idempotency;
 pub mod listener;
 pub mod models;
 mod webhooks;
@@ -20,12 +21,14 @@ use sqlx::PgPool;
 
 use crate::{
     config::Config,
+    db::{CreateBatcher, Wakeup, WebhookBatcher},
     domain::{RetryPolicy, WebhookTokens},
-    worker::{WEBHOOK_PATH, WorkerSettings},
+    provider::{CallProvider, Verification},
 };
 
 pub use calls::{MAX_BATCH, MAX_LIMIT};
 pub use error::ApiError;
+pub use webhooks::WebhookSignature;
 
 /// Largest body of the batch route: 1000 calls with room for sizeable metadata.
 pub const MAX_BATCH_BODY: usize = 20 * 1024 * 1024;
@@ -50,16 +53,12 @@ pub struct ApiState {
     pub policy: RetryPolicy,
     /// SHA-256 of each of `API_KEYS`, computed once; empty: no authentication.
     pub api_key_digests: Vec<[u8; 32]>,
-    /// One verifier per `WEBHOOK_SECRET` (several during a rotation); empty: unsigned.
-    pub webhook_verifiers: Vec<standardwebhooks::Webhook>,
-    /// Tells the dispatchers about new calls.
-    pub wakeup: crate::db::Wakeup,
-    /// Stores creates (without an Idempotency-Key) that arrive together in one statement.
-    pub creates: crate::db::CreateBatcher,
-    /// Applies webhooks that arrive together in one transaction.
-    pub webhooks: crate::db::WebhookBatcher,
+    /// The provider's dialect: its webhook route, signature scheme and body.
+    pub provider: Arc<dyn CallProvider>,
     /// Checks the token of a webhook's URL.
     pub tokens: WebhookTokens,
+    /// The writers that requests hand their work to.
+    pub writers: Writers,
     /// Requests handled at once (`HTTP_MAX_IN_FLIGHT`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// How long a client has to send a request body (`HTTP_READ_TIMEOUT`).
@@ -70,46 +69,37 @@ pub struct ApiState {
     pub metrics_elsewhere: bool,
 }
 
+/// The background writers of the API, started by `app` (see `app::api_writers`).
+pub struct Writers {
+    /// Tells the dispatchers about new calls.
+    pub wakeup: Wakeup,
+    /// Stores creates (without an Idempotency-Key) that arrive together in one statement.
+    pub creates: CreateBatcher,
+    /// Applies webhooks that arrive together in one transaction.
+    pub webhooks: WebhookBatcher,
+}
+
 impl ApiState {
-    pub fn new(config: &Config, pool: PgPool, tokens: WebhookTokens) -> Self {
-        crate::metrics::handle();
-        let settings = WorkerSettings::from_config(config, tokens.clone());
-        let policy = settings.policy;
-        let batch_pool = pool.clone();
-        // Up to four lanes, each holding one connection while it writes.
-        let lanes = (config.db_max_connections as usize / 3).clamp(1, 4);
-        let webhooks = crate::db::Batcher::start("webhook", lanes, 64, move |updates| {
-            let pool = batch_pool.clone();
-            async move {
-                crate::db::apply_webhooks(&pool, &updates, |attempt| {
-                    policy.after_failure(attempt as u32, None, fastrand::f64())
-                })
-                .await
-            }
-        });
-        let batch_pool = pool.clone();
-        let creates = crate::db::Batcher::start("create", lanes, 128, move |calls| {
-            let pool = batch_pool.clone();
-            async move { crate::db::create_each(&pool, &calls).await }
-        });
+    /// The state from the configuration and what `app` started; starts nothing itself.
+    pub fn new(
+        config: &Config,
+        pool: PgPool,
+        tokens: WebhookTokens,
+        provider: Arc<dyn CallProvider>,
+        writers: Writers,
+    ) -> Self {
         Self {
-            wakeup: crate::db::Wakeup::spawn(pool.clone()),
-            creates,
-            webhooks,
             pool,
             max_concurrent_calls: config.max_concurrent_calls,
-            policy: settings.policy,
+            policy: config.retry_policy(),
             api_key_digests: config
                 .api_key_list()
                 .iter()
                 .map(|key| digest(key.expose()))
                 .collect(),
-            webhook_verifiers: config
-                .webhook_secret_list()
-                .iter()
-                .filter_map(|secret| standardwebhooks::Webhook::new(secret.expose()).ok())
-                .collect(),
+            provider,
             tokens,
+            writers,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 config.http_max_in_flight as usize,
             )),
@@ -130,20 +120,12 @@ pub enum ApiTags {
     Webhooks,
 }
 
-/// The OpenAPI service: the routes and their document.
-pub fn service(
-    state: Arc<ApiState>,
-) -> OpenApiService<(calls::CallsApi, webhooks::WebhooksApi, health::HealthApi), ()> {
+/// The OpenAPI service: the routes and their document. The handlers find the state as
+/// request data (see [`app`]), so the document needs none.
+pub fn service() -> OpenApiService<(calls::CallsApi, webhooks::WebhooksApi, health::HealthApi), ()>
+{
     OpenApiService::new(
-        (
-            calls::CallsApi {
-                state: state.clone(),
-            },
-            webhooks::WebhooksApi {
-                state: state.clone(),
-            },
-            health::HealthApi { state },
-        ),
+        (calls::CallsApi, webhooks::WebhooksApi, health::HealthApi),
         "call-orchestrator",
         env!("CARGO_PKG_VERSION"),
     )
@@ -162,29 +144,12 @@ pub fn service(
 
 /// The OpenAPI document as YAML, as served at `/openapi.yaml` and checked in as `openapi.yaml`.
 pub fn openapi_yaml() -> String {
-    // The document does not depend on the state; a pool that never connects will do, but
-    // even an idle pool wants a Tokio runtime around it.
-    let build = || {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .connect_lazy("postgres://localhost/unused")
-            .expect("a constant URL parses");
-        let tokens = WebhookTokens::new(Vec::new());
-        service(Arc::new(ApiState::new(&Config::default(), pool, tokens))).spec_yaml()
-    };
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return build();
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let _entered = runtime.enter();
-    build()
+    service().spec_yaml()
 }
 
 /// The whole HTTP application: API, OpenAPI document, Swagger UI, body limits, error envelope.
 pub fn app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
-    let api = service(state.clone());
+    let api = service();
     let spec_json = api.spec_endpoint();
     let spec_yaml = api.spec_endpoint_yaml();
     let docs = api.swagger_ui();
@@ -193,7 +158,11 @@ pub fn app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
         .nest("/docs", docs)
-        .around(move |next, req| guard(state.clone(), next, req))
+        .around({
+            let state = state.clone();
+            move |next, req| guard(state.clone(), next, req)
+        })
+        .data(state)
         .catch_all_error(error::render)
         .with(Tracing)
         .into_endpoint()
@@ -229,7 +198,7 @@ async fn guard<E: Endpoint>(
         ));
     }
     let path = req.uri().path().to_owned();
-    let is_webhook = path == WEBHOOK_PATH;
+    let is_webhook = path == state.provider.webhook_path();
     let is_metrics = path == "/metrics";
     if is_metrics && state.metrics_elsewhere {
         return Ok(fail(
@@ -292,18 +261,16 @@ async fn guard<E: Endpoint>(
             "the request body holds U+0000, which no field may hold",
         ));
     }
-    if is_webhook && !state.webhook_verifiers.is_empty() {
-        let verified = state
-            .webhook_verifiers
-            .iter()
-            .any(|verifier| verifier.verify(&body, req.headers()).is_ok());
-        if !verified {
+    if is_webhook {
+        let verification = state.provider.verify_webhook(req.headers(), &body);
+        if verification == Verification::Refused {
             crate::metrics::webhook("bad_signature");
             return Ok(refuse(
                 "INVALID_SIGNATURE",
                 "the webhook signature is missing, wrong or older than 5 minutes",
             ));
         }
+        req.extensions_mut().insert(WebhookSignature(verification));
     }
     req.set_body(body);
     next.call(req).await.map(poem::IntoResponse::into_response)

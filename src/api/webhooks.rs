@@ -1,61 +1,23 @@
-//! `POST /api/v1/callbacks/call-status`: the provider reports how an attempt went.
+//! The provider's webhook route: the progress and the outcome of one attempt, verified and
+//! read by the provider's dialect (`provider::CallProvider`), authenticated by the token of
+//! the attempt's webhook URL when the dialect does not sign, and applied by group commit.
 
 use std::sync::Arc;
 
-use chrono::DateTime;
-use poem_openapi::{Enum, Object, OpenApi, param::Query, payload::Json};
+use poem::web::Data;
+
+use poem_openapi::{Object, OpenApi, param::Query, payload::Json};
 use uuid::Uuid;
 
-use super::{ApiState, ApiTags, error::ApiError, models::Text};
-use crate::db::{self, DbError, ProviderStatus, WebhookEffect, WebhookOutcome, WebhookUpdate};
-
-/// A call's status as the provider reports it.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum WebhookStatus {
-    Queued,
-    Ringing,
-    InProgress,
-    Completed,
-    Failed,
-    Busy,
-    NoAnswer,
-    Voicemail,
-}
-
-impl From<WebhookStatus> for ProviderStatus {
-    fn from(status: WebhookStatus) -> Self {
-        match status {
-            WebhookStatus::Queued => Self::Queued,
-            WebhookStatus::Ringing => Self::Ringing,
-            WebhookStatus::InProgress => Self::InProgress,
-            WebhookStatus::Completed => Self::Completed,
-            WebhookStatus::Failed => Self::Failed,
-            WebhookStatus::Busy => Self::Busy,
-            WebhookStatus::NoAnswer => Self::NoAnswer,
-            WebhookStatus::Voicemail => Self::Voicemail,
-        }
-    }
-}
-
-/// What the provider reports about one attempt.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct WebhookPayload {
-    /// The provider's id of the attempt, as it answered the dial request: 1 to 255
-    /// letters, digits and `_ - . : ~ + / = @`.
-    pub call_id: Text,
-    pub status: WebhookStatus,
-    /// Length of the call in seconds, for `COMPLETED`.
-    #[oai(nullable)]
-    pub duration_sec: Option<i64>,
-    /// When the call ended (RFC 3339).
-    #[oai(nullable)]
-    pub completed_at: Option<Text>,
-    /// Why the call did not complete, for the failures.
-    #[oai(nullable)]
-    pub reason: Option<Text>,
-}
+use super::{ApiState, ApiTags, error::ApiError};
+use crate::{
+    db::{self, DbError},
+    domain::{
+        WebhookUpdate,
+        decide::{WebhookEffect, WebhookOutcome},
+    },
+    provider::{GenericWebhook, Verification, WebhookError},
+};
 
 /// The webhook was taken.
 #[derive(Object, Clone, Debug)]
@@ -72,16 +34,11 @@ pub struct WebhookAckEnvelope {
     pub data: WebhookAck,
 }
 
-pub struct WebhooksApi {
-    pub state: Arc<ApiState>,
-}
+pub struct WebhooksApi;
 
-const MAX_REASON_LEN: usize = 2000;
-const MAX_DURATION_SEC: i64 = 7 * 24 * 3600;
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("INVALID_WEBHOOK", message)
-}
+/// What the provider's signature check found, set by the guard on the webhook route.
+#[derive(Clone, Debug)]
+pub struct WebhookSignature(pub Verification);
 
 /// `{call id}.{attempt}`, as the dispatcher writes it into the webhook URL.
 fn parse_reference(raw: Option<&str>) -> Result<Option<(Uuid, i32)>, ApiError> {
@@ -104,64 +61,11 @@ fn parse_one_reference(raw: &str) -> Result<(Uuid, i32), ApiError> {
     Ok((id, attempt))
 }
 
-/// What proves a webhook's origin, found before its body is read.
-struct Proof {
-    /// The verified reference of the URL, if it carried one.
-    reference: Option<(Uuid, i32)>,
-    /// Signed (`WEBHOOK_SECRET`) or carrying a valid token.
-    authenticated: bool,
-    /// The signed webhook's `webhook-id`.
-    webhook_id: Option<String>,
-}
-
-fn validate(body: WebhookPayload, proof: Proof) -> Result<WebhookUpdate, ApiError> {
-    let call_id = body.call_id.0;
-    if !crate::domain::is_provider_call_id(&call_id) {
-        return Err(invalid(
-            "`callId` must hold 1 to 255 letters, digits and `_ - . : ~ + / = @`",
-        ));
+fn unreadable(err: WebhookError) -> ApiError {
+    match err {
+        WebhookError::Body(_) => ApiError::bad_request("INVALID_BODY", err.to_string()),
+        WebhookError::Invalid(message) => ApiError::bad_request("INVALID_WEBHOOK", message),
     }
-    let duration_sec = match body.duration_sec {
-        Some(d) if !(0..=MAX_DURATION_SEC).contains(&d) => {
-            return Err(invalid(format!(
-                "`durationSec` must be between 0 and {MAX_DURATION_SEC}"
-            )));
-        }
-        Some(d) => Some(d as i32),
-        None => None,
-    };
-    let completed_at = body.completed_at.map(|at| at.0);
-    if let Some(at) = &completed_at {
-        DateTime::parse_from_rfc3339(at).map_err(|_| {
-            invalid("`completedAt` must be an RFC 3339 time, e.g. 2025-07-25T10:00:00Z")
-        })?;
-    }
-    let reason = body.reason.as_ref().map(|r| {
-        r.0.chars()
-            .filter(|c| *c != '\0')
-            .take(MAX_REASON_LEN)
-            .collect::<String>()
-    });
-    let mut echo = serde_json::json!({"callId": call_id, "status": ProviderStatus::from(body.status).as_str()});
-    if let Some(d) = duration_sec {
-        echo["durationSec"] = d.into();
-    }
-    if let Some(at) = completed_at {
-        echo["completedAt"] = at.into();
-    }
-    if let Some(r) = &reason {
-        echo["reason"] = r.clone().into();
-    }
-    Ok(WebhookUpdate {
-        provider_call_id: call_id,
-        status: body.status.into(),
-        duration_sec,
-        reason,
-        reference: proof.reference,
-        authenticated: proof.authenticated,
-        webhook_id: proof.webhook_id,
-        body: echo,
-    })
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Webhooks")]
@@ -187,7 +91,8 @@ impl WebhooksApi {
     )]
     async fn call_status(
         &self,
-        body: Json<WebhookPayload>,
+        state: Data<&Arc<ApiState>>,
+        body: GenericWebhook,
         /// The service's own reference to the attempt, part of the webhook URL it handed
         /// to the provider.
         #[oai(name = "ref")]
@@ -203,7 +108,7 @@ impl WebhooksApi {
                 let valid = token
                     .0
                     .as_deref()
-                    .is_some_and(|token| self.state.tokens.verify(id, attempt, token));
+                    .is_some_and(|token| state.tokens.verify(id, attempt, token));
                 if !valid {
                     crate::metrics::webhook("bad_token");
                     return Err(ApiError::unauthorized(
@@ -215,22 +120,29 @@ impl WebhooksApi {
             }
             None => None,
         };
-        // The guard has verified the signature already when a secret is set.
-        let signed = !self.state.webhook_verifiers.is_empty();
-        let proof = Proof {
-            reference,
-            authenticated: signed || reference.is_some(),
-            webhook_id: signed
-                .then(|| request.headers().get("webhook-id"))
-                .flatten()
-                .and_then(|v| v.to_str().ok())
-                .filter(|id| !id.is_empty() && id.len() <= 255)
-                .map(str::to_owned),
+        // The guard has checked the signature already, by the provider's scheme.
+        let webhook_id = match request.extensions().get::<WebhookSignature>() {
+            Some(WebhookSignature(Verification::Signed { webhook_id })) => Some(webhook_id.clone()),
+            _ => None,
         };
-        let update = validate(body.0, proof).inspect_err(|_| crate::metrics::webhook("invalid"))?;
+        let report = state
+            .provider
+            .read_webhook(&body.0)
+            .map_err(unreadable)
+            .inspect_err(|_| crate::metrics::webhook("invalid"))?;
+        let update = WebhookUpdate {
+            provider_call_id: report.provider_call_id,
+            status: report.status,
+            duration_sec: report.duration_sec,
+            reason: report.reason,
+            reference,
+            authenticated: webhook_id.is_some() || reference.is_some(),
+            webhook_id: webhook_id.flatten(),
+            body: report.body,
+        };
         let (provider_call_id, status) = (update.provider_call_id.clone(), update.status);
-        let applied = self
-            .state
+        let applied = state
+            .writers
             .webhooks
             .submit(db::key_of(&provider_call_id), update)
             .await

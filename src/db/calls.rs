@@ -8,44 +8,6 @@ use uuid::Uuid;
 use super::DbError;
 use crate::domain::{Call, CallPayload, CallStatus, PhoneNumber, ScriptId};
 
-/// The `call_status` enum as PostgreSQL spells it.
-#[derive(Clone, Copy, Debug, sqlx::Type)]
-#[sqlx(type_name = "call_status", rename_all = "SCREAMING_SNAKE_CASE")]
-pub(crate) enum DbStatus {
-    Pending,
-    InProgress,
-    Completed,
-    Failed,
-    Expired,
-    Cancelled,
-}
-
-impl From<DbStatus> for CallStatus {
-    fn from(status: DbStatus) -> Self {
-        match status {
-            DbStatus::Pending => CallStatus::Pending,
-            DbStatus::InProgress => CallStatus::InProgress,
-            DbStatus::Completed => CallStatus::Completed,
-            DbStatus::Failed => CallStatus::Failed,
-            DbStatus::Expired => CallStatus::Expired,
-            DbStatus::Cancelled => CallStatus::Cancelled,
-        }
-    }
-}
-
-impl From<CallStatus> for DbStatus {
-    fn from(status: CallStatus) -> Self {
-        match status {
-            CallStatus::Pending => DbStatus::Pending,
-            CallStatus::InProgress => DbStatus::InProgress,
-            CallStatus::Completed => DbStatus::Completed,
-            CallStatus::Failed => DbStatus::Failed,
-            CallStatus::Expired => DbStatus::Expired,
-            CallStatus::Cancelled => DbStatus::Cancelled,
-        }
-    }
-}
-
 /// A row of `calls`, exactly as stored.
 #[derive(sqlx::FromRow)]
 pub(crate) struct CallRow {
@@ -55,9 +17,10 @@ pub(crate) struct CallRow {
     to_number: String,
     script_id: String,
     metadata: Value,
-    status: DbStatus,
+    status: CallStatus,
     attempts: i32,
-    external_call_id: Option<String>,
+    #[sqlx(rename = "external_call_id")]
+    provider_call_id: Option<String>,
     last_error: Option<String>,
     next_attempt_at: Option<DateTime<Utc>>,
     duration_sec: Option<i32>,
@@ -81,9 +44,9 @@ impl From<CallRow> for Call {
                 script_id: ScriptId::from_trusted(row.script_id),
                 metadata,
             },
-            status: row.status.into(),
+            status: row.status,
             attempts: row.attempts,
-            external_call_id: row.external_call_id,
+            provider_call_id: row.provider_call_id,
             last_error: row.last_error,
             next_attempt_at: row.next_attempt_at,
             duration_sec: row.duration_sec,
@@ -216,14 +179,12 @@ pub async fn create_idempotent(
             return Ok(CreateOutcome::Created(created));
         }
         tx.rollback().await?;
-        let existing: Option<(Vec<u8>, Uuid, Option<Vec<Uuid>>)> = sqlx::query_as(
-            "SELECT request_hash, call_id, call_ids FROM idempotency_keys
-             WHERE scope = $1 AND key = $2 AND created_at >= now() - interval '24 hours'",
-        )
-        .bind(key.scope)
-        .bind(key.key)
-        .fetch_optional(pool)
-        .await?;
+        let existing: Option<(Vec<u8>, Uuid, Option<Vec<Uuid>>)> =
+            sqlx::query_as(include_str!("../../sql/queries/find_idempotency_key.sql"))
+                .bind(key.scope)
+                .bind(key.key)
+                .fetch_optional(pool)
+                .await?;
         match existing {
             Some((stored, _, _)) if stored != key.request_hash => {
                 return Err(DbError::IdempotencyConflict);
@@ -328,9 +289,7 @@ pub struct CallFilter {
 fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &CallFilter) {
     query.push(" WHERE true");
     if let Some(status) = filter.status {
-        query
-            .push(" AND status = ")
-            .push_bind(DbStatus::from(status));
+        query.push(" AND status = ").push_bind(status);
     }
     if let Some(to) = &filter.to {
         query
@@ -358,9 +317,9 @@ pub async fn list_calls(pool: &PgPool, filter: &CallFilter) -> Result<(Vec<Call>
 
 /// The number of calls in each status (statuses with none are absent).
 pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(CallStatus, i64)>, DbError> {
-    let rows: Vec<(DbStatus, i64)> =
+    Ok(
         sqlx::query_as("SELECT status, count(*) FROM calls GROUP BY status")
             .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().map(|(s, n)| (s.into(), n)).collect())
+            .await?,
+    )
 }

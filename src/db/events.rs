@@ -12,7 +12,7 @@ struct EventRow {
     id: i64,
     call_id: Uuid,
     attempt: Option<i32>,
-    kind: String,
+    kind: EventKind,
     detail: serde_json::Value,
     at: DateTime<Utc>,
 }
@@ -43,31 +43,23 @@ pub async fn list_events(
     });
     // One more than fits, to tell whether another page follows.
     let wanted = limit - i64::from(first.is_some()) + 1;
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT * FROM call_events WHERE call_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-    )
-    .bind(call_id)
-    .bind(after.unwrap_or(0))
-    .bind(wanted)
-    .fetch_all(pool)
-    .await?;
-    let mut events = first
+    let rows: Vec<EventRow> = sqlx::query_as(include_str!("../../sql/queries/list_events.sql"))
+        .bind(call_id)
+        .bind(after.unwrap_or(0))
+        .bind(wanted)
+        .fetch_all(pool)
+        .await?;
+    let mut events: Vec<CallEvent> = first
         .into_iter()
-        .map(Ok)
-        .chain(rows.into_iter().map(|row| {
-            let kind = EventKind::parse(&row.kind).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown event kind {}", row.kind).into())
-            })?;
-            Ok(CallEvent {
-                id: row.id,
-                call_id: row.call_id,
-                attempt: row.attempt,
-                kind,
-                detail: row.detail,
-                at: row.at,
-            })
+        .chain(rows.into_iter().map(|row| CallEvent {
+            id: row.id,
+            call_id: row.call_id,
+            attempt: row.attempt,
+            kind: row.kind,
+            detail: row.detail,
+            at: row.at,
         }))
-        .collect::<Result<Vec<_>, DbError>>()?;
+        .collect();
     let more = events.len() as i64 > limit;
     events.truncate(limit as usize);
     Ok((events, more))

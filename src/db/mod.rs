@@ -2,9 +2,13 @@
 
 mod batch;
 mod calls;
-mod dispatch;
+mod claim;
+mod dial;
 mod events;
-mod outcomes;
+mod settle;
+mod sweeps;
+mod upkeep;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -13,20 +17,22 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
+use crate::domain::{WebhookUpdate, decide::WebhookOutcome};
+
 pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
     CallFilter, CreateOutcome, IdempotencyKey, NewCall, cancel_call, count_by_status, create_calls,
     create_each, create_idempotent, get_call, list_calls, update_payload,
 };
-pub use dispatch::{
-    Claimed, QUEUE_UPKEEP_LOCK, QueueUpkeep, claim, expire_overdue, next_due, owns_queue,
-    purge_idempotency_keys, purge_webhook_receipts, queue_upkeep, take_abandoned,
-};
+pub use claim::{Claimed, claim, next_due};
+pub use dial::{Accepted, record_accepted_each, record_dial_outcome};
 pub use events::list_events;
-pub use outcomes::{
-    Accepted, ProviderStatus, WebhookEffect, WebhookOutcome, WebhookUpdate, apply_webhook,
-    apply_webhooks, record_accepted_each, record_dial_outcome,
+pub use sweeps::{expire_overdue, take_abandoned};
+pub use upkeep::{
+    QUEUE_UPKEEP_LOCK, QueueUpkeep, owns_queue, purge_idempotency_keys, purge_webhook_receipts,
+    queue_upkeep,
 };
+pub use webhooks::{apply_webhook, apply_webhooks};
 
 /// Dial answers recorded by group commit; see `record_accepted_each`.
 pub type AcceptBatcher = Batcher<Accepted, Result<(), DbError>>;
@@ -90,23 +96,9 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// The database is out of reach (down, restarting, shutting down, the pool exhausted):
-    /// nothing to do with what was asked of it.
+    /// The database is out of reach: see [`is_unavailable`].
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            DbError::Other(
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed,
-            ) => true,
-            // Class 08: connection exception; 57P0x: the server is shutting down or starting.
-            DbError::Other(sqlx::Error::Database(db)) => db
-                .code()
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-            _ => false,
-        }
+        matches!(self, DbError::Other(err) if is_unavailable(err))
     }
 
     /// A provider id (`callId`) that another attempt has already: the unique index on
@@ -119,6 +111,24 @@ impl DbError {
     /// An error that says the database is out of reach (a 503 for the API).
     pub fn unavailable() -> Self {
         DbError::Other(sqlx::Error::PoolTimedOut)
+    }
+}
+
+/// The database is out of reach (down, restarting, shutting down, the pool exhausted):
+/// nothing to do with what was asked of it. The one classification behind every 503, every
+/// "retry shortly" of the workers, and the wait for a database that is still starting.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exception; 57P0x: the server is shutting down or starting.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 

@@ -6,8 +6,10 @@ use uuid::Uuid;
 
 use super::CallPayload;
 
-/// Where a call stands. `PENDING` and `IN_PROGRESS` are live; the rest are final.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Where a call stands. `PENDING` and `IN_PROGRESS` are live; the rest are final. One type
+/// from the database's `call_status` enum to the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "call_status", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CallStatus {
     /// Waiting for its turn or for its next attempt.
     Pending,
@@ -71,7 +73,7 @@ pub struct Call {
     /// Dial attempts made so far (the next is `attempts + 1`).
     pub attempts: i32,
     /// The provider's id for the latest attempt.
-    pub external_call_id: Option<String>,
+    pub provider_call_id: Option<String>,
     pub last_error: Option<String>,
     /// When a `PENDING` call becomes due; `None` once it is not pending.
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -82,8 +84,9 @@ pub struct Call {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-/// What happened to a call, one entry of its timeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What happened to a call, one entry of its timeline (`call_events.kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, sqlx::Encode, sqlx::Decode)]
+#[sqlx(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventKind {
     /// Accepted by the API.
     Created,
@@ -156,6 +159,8 @@ impl EventKind {
         Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
+
+super::text_column!(EventKind);
 
 /// One entry of a call's timeline.
 #[derive(Clone, Debug, PartialEq)]

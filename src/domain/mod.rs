@@ -1,12 +1,34 @@
 //! Pure code, no I/O: what a call is, which values are valid, which transitions are legal.
 
+/// A vocabulary stored as `text` (with a CHECK constraint naming its values): the column's
+/// type is `text`, whatever the Rust enum is called.
+macro_rules! text_column {
+    ($ty:ty) => {
+        impl sqlx::Type<sqlx::Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+    };
+}
+use text_column;
+
+mod attempt;
 mod call;
+pub mod decide;
+mod outcome;
 mod payload;
 mod phone;
 mod retry;
 mod webhook_token;
 
+pub use attempt::{AttemptState, AttemptStatus};
 pub use call::{Call, CallEvent, CallStatus, EventKind};
+pub use outcome::{DialOutcome, ProviderStatus, WebhookUpdate};
 pub use payload::{
     CallPayload, FieldError, MAX_METADATA_BYTES, MAX_SCRIPT_ID_LEN, ScriptId, merge_patch,
 };

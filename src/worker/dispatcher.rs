@@ -4,10 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use sqlx::postgres::PgListener;
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Worker, dial_and_record};
+use super::Worker;
 use crate::db::{self, DbError, WAKEUP_CHANNEL};
 
 /// Most calls claimed in one transaction.
@@ -26,17 +26,16 @@ impl Dispatcher {
     /// Returns how many attempts were dialed. For tests and tools that drive the queue
     /// step by step.
     pub async fn run_once(&self) -> Result<usize, DbError> {
-        let mut tasks = JoinSet::new();
-        let mut dialed = 0;
+        let mut dials = Vec::new();
         loop {
             let claimed = self.claim().await?;
             if claimed.is_empty() {
                 break;
             }
-            dialed += claimed.len();
-            self.spawn_dials(&mut tasks, claimed);
+            dials.extend(claimed.into_iter().map(|one| self.worker.spawn_dial(one)));
         }
-        while tasks.join_next().await.is_some() {}
+        let dialed = dials.len();
+        futures_util::future::join_all(dials).await;
         Ok(dialed)
     }
 
@@ -63,15 +62,6 @@ impl Dispatcher {
         Ok(claimed)
     }
 
-    fn spawn_dials(&self, tasks: &mut JoinSet<()>, claimed: Vec<db::Claimed>) {
-        for one in claimed {
-            let worker = self.worker.clone();
-            tasks.spawn(async move {
-                dial_and_record(&worker, one).await;
-            });
-        }
-    }
-
     /// Runs until `shutdown`; then stops claiming, lets the provider requests it started
     /// finish and be recorded, and returns.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -80,10 +70,8 @@ impl Dispatcher {
         // The listener wakes us once it is listening, so a notification sent before then
         // is still followed by a claim.
         let listener = tokio::spawn(listening.run());
-        let mut tasks = JoinSet::new();
         let mut woken_at: Option<std::time::Instant> = None;
         loop {
-            while tasks.try_join_next().is_some() {}
             // Claim until nothing more can be claimed (queue empty, cap full, numbers busy).
             loop {
                 match self.claim().await {
@@ -92,7 +80,9 @@ impl Dispatcher {
                         if let Some(woken) = woken_at.take() {
                             crate::metrics::refill(woken.elapsed());
                         }
-                        self.spawn_dials(&mut tasks, claimed)
+                        for one in claimed {
+                            self.worker.spawn_dial(one);
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "claim failed; retrying shortly");
@@ -108,15 +98,17 @@ impl Dispatcher {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        let in_flight = tasks.len();
-        if in_flight > 0 {
-            tracing::info!(in_flight, "finishing the provider requests in flight");
+        // Every dial of this replica, the sweeper's rescues included.
+        let dials = &self.worker.dials;
+        dials.close();
+        if !dials.is_empty() {
+            tracing::info!(
+                in_flight = dials.len(),
+                "finishing the provider requests in flight"
+            );
         }
         let drain = self.worker.settings.lease();
-        if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, dials.wait()).await.is_err() {
             tracing::error!(
                 "provider requests still unfinished at shutdown; the sweeper will resend them"
             );

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Worker, dial_and_record};
+use super::Worker;
 use crate::db::{self, DbError};
 
 /// What one sweep did.
@@ -26,7 +26,9 @@ impl Sweeper {
         Self { worker }
     }
 
-    /// One sweep: expire, then rescue (dialing the rescued attempts before returning).
+    /// One sweep: expire, then rescue: the abandoned attempts are taken over (a new lease,
+    /// a `RESCUED` entry) and handed to the dial path the dispatcher's claims take, and
+    /// the sweep waits for their dials before it returns.
     pub async fn run_once(&self) -> Result<SweepReport, DbError> {
         let worker = &self.worker;
         let expired = db::expire_overdue(&worker.pool, worker.settings.call_timeout).await?;
@@ -39,7 +41,7 @@ impl Sweeper {
         crate::metrics::rescued(rescued);
         let dials = abandoned.into_iter().map(|claimed| {
             tracing::warn!(call_id = %claimed.call.id, attempt = claimed.attempt, "rescuing an abandoned attempt");
-            dial_and_record(worker, claimed)
+            worker.spawn_dial(claimed)
         });
         futures_util::future::join_all(dials).await;
         Ok(SweepReport {

@@ -12,7 +12,7 @@ use std::{sync::Once, time::Duration};
 use call_orchestrator::{
     app,
     config::Config,
-    pg::{ClusterOptions, PgCluster},
+    tools::pg::{ClusterOptions, PgCluster},
     worker::{Dispatcher, Sweeper, Worker},
 };
 use reqwest::{Method, StatusCode};

@@ -10,7 +10,7 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use call_orchestrator::pg::{ClusterOptions, PgCluster};
+use call_orchestrator::tools::pg::{ClusterOptions, PgCluster};
 
 /// The database every test database is copied from: migrated once per binary.
 const TEMPLATE: &str = "migrated_template";

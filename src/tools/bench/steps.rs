@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::{BenchArgs, Figure};
 use crate::{
     db,
-    pg::PgCluster,
-    sim::{OutcomeMix, SimConfig, Simulator},
+    tools::{
+        pg::PgCluster,
+        sim::{OutcomeMix, SimConfig, Simulator},
+    },
 };
 
 /// PostgreSQL's own rates, measured first, that the service's figures are read against.

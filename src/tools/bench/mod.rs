@@ -9,7 +9,7 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 
-use crate::pg::{ClusterOptions, PgCluster};
+use crate::tools::pg::{ClusterOptions, PgCluster};
 
 /// The benchmarks, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

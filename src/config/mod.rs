@@ -5,13 +5,19 @@
 //! (`max_concurrent_calls = 30`). The whole configuration is validated once, at start, and
 //! a problem is reported as one line naming the variable ([`ConfigError`]).
 
-use std::{fmt, net::IpAddr, path::PathBuf, time::Duration};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+mod text;
+mod validate;
+
+pub use text::{REDACTED, Secret};
+use text::{lenient_opt_string, lenient_string};
 
 /// Every environment variable the service reads; also the only keys a TOML file may hold.
 pub const KEYS: &[&str] = &[
@@ -24,6 +30,7 @@ pub const KEYS: &[&str] = &[
     "DB_PASSWORD",
     "DB_DATABASE",
     "DB_MAX_CONNECTIONS",
+    "AI_CALL_PROVIDER",
     "AI_CALL_API_URL",
     "AI_CALL_API_KEY",
     "WEBHOOK_BASE_URL",
@@ -44,42 +51,6 @@ pub const KEYS: &[&str] = &[
     "LOG_DIR",
     "RUST_LOG",
 ];
-
-/// A value that must never be printed: `Debug` and serialisation show `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-/// What a serialised [`Secret`] holds instead of the secret.
-pub const REDACTED: &str = "[redacted]";
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(REDACTED)
-    }
-}
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that has to send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        lenient_string(d).map(Secret)
-    }
-}
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +78,9 @@ pub struct Config {
     pub db_database: String,
     /// Connections in this process's pool.
     pub db_max_connections: u32,
+    /// The provider's dialect (`AI_CALL_PROVIDER`): one of `provider::PROVIDERS`.
+    #[serde(deserialize_with = "lenient_string")]
+    pub ai_call_provider: String,
     #[serde(default, deserialize_with = "lenient_opt_string")]
     pub ai_call_api_url: Option<String>,
     pub ai_call_api_key: Option<Secret>,
@@ -154,6 +128,7 @@ impl Default for Config {
             db_password: Secret::new("password"),
             db_database: "ai_call_orchestrator".into(),
             db_max_connections: 10,
+            ai_call_provider: "generic".into(),
             ai_call_api_url: None,
             ai_call_api_key: None,
             webhook_base_url: None,
@@ -227,131 +202,12 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self, needs: Needs) -> Result<(), ConfigError> {
-        self.host
-            .parse::<IpAddr>()
-            .map_err(|_| ConfigError::at("host", "must be an IP address such as 0.0.0.0"))?;
-        if let Some(url) = &self.database_url {
-            let url = url.expose();
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(ConfigError::at(
-                    "database_url",
-                    "must start with postgres:// or postgresql://",
-                ));
-            }
-        }
-        if self.db_max_connections == 0 || self.db_max_connections > 1000 {
-            return Err(ConfigError::at(
-                "db_max_connections",
-                "must be between 1 and 1000",
-            ));
-        }
-        if self.max_concurrent_calls == 0 || self.max_concurrent_calls > 100_000 {
-            return Err(ConfigError::at(
-                "max_concurrent_calls",
-                "must be between 1 and 100000",
-            ));
-        }
-        if self.max_retry_attempts == 0 || self.max_retry_attempts > 100 {
-            return Err(ConfigError::at(
-                "max_retry_attempts",
-                "must be between 1 and 100 (the first attempt counts)",
-            ));
-        }
-        for (key, value, max) in [
-            ("http_max_connections", self.http_max_connections, 1_000_000),
-            ("http_max_in_flight", self.http_max_in_flight, 1_000_000),
-        ] {
-            if value == 0 || value > max {
-                return Err(ConfigError::at(key, format!("must be between 1 and {max}")));
-            }
-        }
-        if self.http_read_timeout < Duration::from_millis(100)
-            || self.http_read_timeout > Duration::from_secs(600)
-        {
-            return Err(ConfigError::at(
-                "http_read_timeout",
-                "must be between 100ms and 10m",
-            ));
-        }
-        if self.metrics_port == Some(0) {
-            return Err(ConfigError::at(
-                "metrics_port",
-                "must be a port from 1 to 65535",
-            ));
-        }
-        if self.metrics_port.is_some() && self.metrics_port == Some(self.port) {
-            return Err(ConfigError::at("metrics_port", "must differ from PORT"));
-        }
-        if self.metrics_require_api_key && self.api_keys.is_none() {
-            return Err(ConfigError::at(
-                "metrics_require_api_key",
-                "asks for an API key, but API_KEYS is not set",
-            ));
-        }
-        for (key, value) in [
-            ("retry_base_delay", self.retry_base_delay),
-            ("retry_max_delay", self.retry_max_delay),
-            ("call_timeout", self.call_timeout),
-            ("provider_timeout", self.provider_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::at(key, "must be longer than zero"));
-            }
-            if value > Duration::from_secs(366 * 24 * 3600) {
-                return Err(ConfigError::at(key, "must be at most a year"));
-            }
-        }
-        if self.retry_max_delay < self.retry_base_delay {
-            return Err(ConfigError::at(
-                "retry_max_delay",
-                "must not be shorter than RETRY_BASE_DELAY",
-            ));
-        }
-        if let Some(url) = &self.ai_call_api_url {
-            check_http_url("ai_call_api_url", url)?;
-        }
-        if let Some(url) = &self.webhook_base_url {
-            check_http_url("webhook_base_url", url)?;
-        }
-        if self.webhook_secret.is_some() && self.webhook_secret_list().is_empty() {
-            return Err(ConfigError::at(
-                "webhook_secret",
-                "is set but holds no secret",
-            ));
-        }
-        for secret in self.webhook_secret_list() {
-            crate::domain::webhook_secret_bytes(secret.expose())
-                .map_err(|problem| ConfigError::at("webhook_secret", problem))?;
-        }
-        if self.api_keys.is_some() && self.api_key_list().is_empty() {
-            return Err(ConfigError::at(
-                "api_keys",
-                "is set but holds no key; unset it to turn authentication off",
-            ));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.rust_log)
-            .map_err(|err| ConfigError::at("rust_log", err))?;
-        if needs == Needs::Provider {
-            for (key, present) in [
-                ("ai_call_api_url", self.ai_call_api_url.is_some()),
-                ("ai_call_api_key", self.ai_call_api_key.is_some()),
-                ("webhook_base_url", self.webhook_base_url.is_some()),
-            ] {
-                if !present {
-                    return Err(ConfigError::at(key, "is required to place calls"));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The database URL: `DATABASE_URL` when set, else one built from the `DB_*` settings.
     pub fn database_url(&self) -> Secret {
         if let Some(url) = &self.database_url {
             return url.clone();
         }
-        Secret(format!(
+        Secret::new(format!(
             "postgres://{}:{}@{}:{}/{}",
             encode(&self.db_username),
             encode(self.db_password.expose()),
@@ -359,6 +215,15 @@ impl Config {
             self.db_port,
             encode(&self.db_database)
         ))
+    }
+
+    /// `MAX_RETRY_ATTEMPTS`, `RETRY_BASE_DELAY` and `RETRY_MAX_DELAY`.
+    pub fn retry_policy(&self) -> crate::domain::RetryPolicy {
+        crate::domain::RetryPolicy {
+            max_attempts: self.max_retry_attempts,
+            base_delay: self.retry_base_delay,
+            max_delay: self.retry_max_delay,
+        }
     }
 
     /// The bearer keys of `API_KEYS`, blanks dropped.
@@ -396,14 +261,6 @@ fn split_list(list: Option<&Secret>) -> Vec<Secret> {
     .unwrap_or_default()
 }
 
-fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    match reqwest::Url::parse(url) {
-        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Ok(()),
-        Ok(_) => Err(ConfigError::at(key, "must be an http:// or https:// URL")),
-        Err(err) => Err(ConfigError::at(key, format!("is not a URL ({err})"))),
-    }
-}
-
 /// Percent-encodes one URL component (user, password, database name).
 fn encode(component: &str) -> String {
     let mut out = String::with_capacity(component.len());
@@ -438,67 +295,6 @@ fn describe(kind: &figment::error::Kind) -> String {
         Kind::MissingField(field) => format!("`{field}` is missing"),
         Kind::Message(msg) => msg.clone(),
         other => other.to_string(),
-    }
-}
-
-/// Environment values that look like numbers arrive as numbers; strings accept them as text.
-fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    d.deserialize_any(TextVisitor)
-}
-
-fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    d.deserialize_option(OptionalTextVisitor)
-}
-
-struct TextVisitor;
-
-impl serde::de::Visitor<'_> for TextVisitor {
-    type Value = String;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
-        Ok(v.to_owned())
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
-        Ok(v.to_string())
-    }
-}
-
-struct OptionalTextVisitor;
-
-impl<'de> serde::de::Visitor<'de> for OptionalTextVisitor {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        lenient_string(d).map(Some)
     }
 }
 

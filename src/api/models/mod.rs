@@ -1,61 +1,19 @@
 //! The JSON shapes of the API, as documented in the OpenAPI document.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{
-    Enum, Object,
-    registry::{MetaSchemaRef, Registry},
-    types::{ParseFromJSON, ParseResult, ToJSON, Type},
-};
+use poem_openapi::{Enum, Object};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::domain::{self, CallStatus, EventKind};
 
-/// A JSON string and nothing else: poem-openapi's `String` also takes a number or a
-/// boolean and stores its text (`"scriptId": 42` as `"42"`), which hides a client's bug.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Text(pub String);
+mod envelopes;
+mod json;
 
-impl Type for Text {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = String;
-    type RawElementValueType = String;
-
-    fn name() -> Cow<'static, str> {
-        String::name()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        String::schema_ref()
-    }
-
-    fn as_raw_value(&self) -> Option<&String> {
-        Some(&self.0)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromJSON for Text {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        match value {
-            Some(Value::String(text)) => Ok(Self(text)),
-            other => Err(poem_openapi::types::ParseError::expected_type(
-                other.unwrap_or_default(),
-            )),
-        }
-    }
-}
-
-impl ToJSON for Text {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
+pub use envelopes::*;
+pub use json::{BatchItem, Text};
 
 /// A call's status. `PENDING` and `IN_PROGRESS` are live, the others final.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,9 +84,9 @@ pub struct Call {
     pub status: Status,
     /// Dial attempts made so far.
     pub attempts: i32,
-    /// The provider's id for the latest attempt.
-    #[oai(nullable)]
-    pub external_call_id: Option<String>,
+    /// The provider's id for the latest attempt (its `callId`).
+    #[oai(nullable, rename = "externalCallId")]
+    pub provider_call_id: Option<String>,
     /// Why the latest attempt failed, when it did.
     #[oai(nullable)]
     pub last_error: Option<String>,
@@ -159,7 +117,7 @@ impl From<domain::Call> for Call {
             },
             status: call.status.into(),
             attempts: call.attempts,
-            external_call_id: call.external_call_id,
+            provider_call_id: call.provider_call_id,
             last_error: call.last_error,
             next_attempt_at: call.next_attempt_at,
             duration_sec: call.duration_sec,
@@ -192,49 +150,6 @@ impl poem_openapi::types::Example for CreateCallRequest {
             script_id: Text(example.script_id),
             metadata: Some(example.metadata),
         }
-    }
-}
-
-/// One item of a batch: a [`CreateCallRequest`] that is checked item by item, so that a bad
-/// item is reported by its index instead of failing the whole body.
-#[derive(Clone, Debug)]
-pub struct BatchItem(pub Value);
-
-impl Type for BatchItem {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Value;
-    type RawElementValueType = Value;
-
-    fn name() -> Cow<'static, str> {
-        CreateCallRequest::name()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        CreateCallRequest::schema_ref()
-    }
-
-    fn register(registry: &mut Registry) {
-        CreateCallRequest::register(registry);
-    }
-
-    fn as_raw_value(&self) -> Option<&Value> {
-        Some(&self.0)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
-
-impl ParseFromJSON for BatchItem {
-    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
-        Ok(Self(value.unwrap_or_default()))
-    }
-}
-
-impl ToJSON for BatchItem {
-    fn to_json(&self) -> Option<Value> {
-        Some(self.0.clone())
     }
 }
 
@@ -321,145 +236,4 @@ impl From<domain::CallEvent> for Event {
             at: event.at,
         }
     }
-}
-
-/// Where a page sits in the whole list.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct Pagination {
-    pub page: u32,
-    pub limit: u32,
-    pub total: i64,
-    pub total_pages: i64,
-}
-
-/// Calls in each status.
-#[derive(Object, Clone, Debug, Default)]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-pub struct StatusCounts {
-    pub pending: i64,
-    pub in_progress: i64,
-    pub completed: i64,
-    pub failed: i64,
-    pub expired: i64,
-    pub cancelled: i64,
-    #[oai(rename = "total")]
-    pub total: i64,
-}
-
-/// Slots in use against the cap.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct Concurrency {
-    /// `MAX_CONCURRENT_CALLS`.
-    pub limit: u32,
-    /// Calls `IN_PROGRESS` now, across all replicas.
-    pub in_progress: i64,
-}
-
-/// One field or item that was refused, and why.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct ErrorDetail {
-    /// For batch requests, the index of the item (from 0).
-    #[oai(nullable)]
-    pub index: Option<u32>,
-    /// The field, such as `to` or `metadata`.
-    #[oai(nullable)]
-    pub field: Option<String>,
-    pub message: String,
-}
-
-/// What went wrong.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct ErrorInfo {
-    /// A stable code to match on, such as `VALIDATION_ERROR` or `CALL_NOT_PENDING`.
-    pub code: String,
-    /// What is wrong, for a person.
-    pub message: String,
-    /// Each refused field or batch item, when there are several.
-    pub details: Vec<ErrorDetail>,
-}
-
-/// Every failure: `success` is false.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct ErrorEnvelope {
-    pub success: bool,
-    pub error: ErrorInfo,
-}
-
-macro_rules! envelope {
-    ($(#[$doc:meta])* $name:ident, $data:ty) => {
-        $(#[$doc])*
-        #[derive(Object, Clone, Debug)]
-        #[oai(rename_all = "camelCase")]
-        pub struct $name {
-            /// Always true.
-            pub success: bool,
-            pub data: $data,
-        }
-
-        impl $name {
-            pub fn new(data: $data) -> Self {
-                Self { success: true, data }
-            }
-        }
-    };
-}
-
-envelope!(
-    /// One call.
-    CallEnvelope,
-    Call
-);
-envelope!(
-    /// The calls of a batch, in the order sent.
-    CallsEnvelope,
-    Vec<Call>
-);
-/// Where the next page starts.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct CursorPagination {
-    pub limit: u32,
-    /// Pass as `after` for the next page; null on the last page.
-    #[oai(nullable)]
-    pub next_cursor: Option<String>,
-}
-
-/// A page of a call's timeline, oldest first.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct EventPage {
-    pub success: bool,
-    pub data: Vec<Event>,
-    pub pagination: CursorPagination,
-}
-
-/// One page of calls, newest first.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct CallPage {
-    pub success: bool,
-    pub data: Vec<Call>,
-    pub pagination: Pagination,
-}
-
-/// Counts of calls by status, and the slots in use.
-#[derive(Object, Clone, Debug)]
-#[oai(rename_all = "camelCase")]
-pub struct MetricsEnvelope {
-    pub success: bool,
-    pub data: StatusCounts,
-    pub timestamp: DateTime<Utc>,
-    pub concurrency: Concurrency,
-}
-
-/// Health of this process and its database.
-#[derive(Object, Clone, Debug)]
-pub struct Health {
-    /// `ok`, or `unavailable` when the database does not answer.
-    pub status: String,
 }

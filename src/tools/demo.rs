@@ -15,8 +15,10 @@ use serde_json::{Value, json};
 use crate::{
     app,
     config::{Config, Secret},
-    pg::{ClusterOptions, PgCluster, PgError},
-    sim::{OutcomeMix, SimConfig, Simulator},
+    tools::{
+        pg::{ClusterOptions, PgCluster, PgError},
+        sim::{OutcomeMix, SimConfig, Simulator},
+    },
 };
 
 /// What the demo runs.

@@ -1,0 +1,147 @@
+//! The envelopes around every answer, pagination, counts and errors.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Object;
+
+use super::{Call, Event};
+
+/// Where a page sits in the whole list.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct Pagination {
+    pub page: u32,
+    pub limit: u32,
+    pub total: i64,
+    pub total_pages: i64,
+}
+
+/// Calls in each status.
+#[derive(Object, Clone, Debug, Default)]
+#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+pub struct StatusCounts {
+    pub pending: i64,
+    pub in_progress: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub expired: i64,
+    pub cancelled: i64,
+    #[oai(rename = "total")]
+    pub total: i64,
+}
+
+/// Slots in use against the cap.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// `MAX_CONCURRENT_CALLS`.
+    pub limit: u32,
+    /// Calls `IN_PROGRESS` now, across all replicas.
+    pub in_progress: i64,
+}
+
+/// One field or item that was refused, and why.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// For batch requests, the index of the item (from 0).
+    #[oai(nullable)]
+    pub index: Option<u32>,
+    /// The field, such as `to` or `metadata`.
+    #[oai(nullable)]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// What went wrong.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct ErrorInfo {
+    /// A stable code to match on, such as `VALIDATION_ERROR` or `CALL_NOT_PENDING`.
+    pub code: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// Each refused field or batch item, when there are several.
+    pub details: Vec<ErrorDetail>,
+}
+
+/// Every failure: `success` is false.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct ErrorEnvelope {
+    pub success: bool,
+    pub error: ErrorInfo,
+}
+
+macro_rules! envelope {
+    ($(#[$doc:meta])* $name:ident, $data:ty) => {
+        $(#[$doc])*
+        #[derive(Object, Clone, Debug)]
+        #[oai(rename_all = "camelCase")]
+        pub struct $name {
+            /// Always true.
+            pub success: bool,
+            pub data: $data,
+        }
+
+        impl $name {
+            pub fn new(data: $data) -> Self {
+                Self { success: true, data }
+            }
+        }
+    };
+}
+
+envelope!(
+    /// One call.
+    CallEnvelope,
+    Call
+);
+envelope!(
+    /// The calls of a batch, in the order sent.
+    CallsEnvelope,
+    Vec<Call>
+);
+/// Where the next page starts.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct CursorPagination {
+    pub limit: u32,
+    /// Pass as `after` for the next page; null on the last page.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a call's timeline, oldest first.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct EventPage {
+    pub success: bool,
+    pub data: Vec<Event>,
+    pub pagination: CursorPagination,
+}
+
+/// One page of calls, newest first.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct CallPage {
+    pub success: bool,
+    pub data: Vec<Call>,
+    pub pagination: Pagination,
+}
+
+/// Counts of calls by status, and the slots in use.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct MetricsEnvelope {
+    pub success: bool,
+    pub data: StatusCounts,
+    pub timestamp: DateTime<Utc>,
+    pub concurrency: Concurrency,
+}
+
+/// Health of this process and its database.
+#[derive(Object, Clone, Debug)]
+pub struct Health {
+    /// `ok`, or `unavailable` when the database does not answer.
+    pub status: String,
+}

@@ -1,0 +1,141 @@
+//! The configuration's checks, run once at start: each problem is one line naming the
+//! setting ([`ConfigError`]).
+
+use std::{net::IpAddr, time::Duration};
+
+use super::{Config, ConfigError, Needs};
+
+impl Config {
+    pub(super) fn validate(&self, needs: Needs) -> Result<(), ConfigError> {
+        self.host
+            .parse::<IpAddr>()
+            .map_err(|_| ConfigError::at("host", "must be an IP address such as 0.0.0.0"))?;
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::at(
+                    "database_url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        if self.db_max_connections == 0 || self.db_max_connections > 1000 {
+            return Err(ConfigError::at(
+                "db_max_connections",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.max_concurrent_calls == 0 || self.max_concurrent_calls > 100_000 {
+            return Err(ConfigError::at(
+                "max_concurrent_calls",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.max_retry_attempts == 0 || self.max_retry_attempts > 100 {
+            return Err(ConfigError::at(
+                "max_retry_attempts",
+                "must be between 1 and 100 (the first attempt counts)",
+            ));
+        }
+        for (key, value, max) in [
+            ("http_max_connections", self.http_max_connections, 1_000_000),
+            ("http_max_in_flight", self.http_max_in_flight, 1_000_000),
+        ] {
+            if value == 0 || value > max {
+                return Err(ConfigError::at(key, format!("must be between 1 and {max}")));
+            }
+        }
+        if self.http_read_timeout < Duration::from_millis(100)
+            || self.http_read_timeout > Duration::from_secs(600)
+        {
+            return Err(ConfigError::at(
+                "http_read_timeout",
+                "must be between 100ms and 10m",
+            ));
+        }
+        if self.metrics_port == Some(0) {
+            return Err(ConfigError::at(
+                "metrics_port",
+                "must be a port from 1 to 65535",
+            ));
+        }
+        if self.metrics_port.is_some() && self.metrics_port == Some(self.port) {
+            return Err(ConfigError::at("metrics_port", "must differ from PORT"));
+        }
+        if self.metrics_require_api_key && self.api_keys.is_none() {
+            return Err(ConfigError::at(
+                "metrics_require_api_key",
+                "asks for an API key, but API_KEYS is not set",
+            ));
+        }
+        for (key, value) in [
+            ("retry_base_delay", self.retry_base_delay),
+            ("retry_max_delay", self.retry_max_delay),
+            ("call_timeout", self.call_timeout),
+            ("provider_timeout", self.provider_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::at(key, "must be longer than zero"));
+            }
+            if value > Duration::from_secs(366 * 24 * 3600) {
+                return Err(ConfigError::at(key, "must be at most a year"));
+            }
+        }
+        if self.retry_max_delay < self.retry_base_delay {
+            return Err(ConfigError::at(
+                "retry_max_delay",
+                "must not be shorter than RETRY_BASE_DELAY",
+            ));
+        }
+        if let Some(url) = &self.ai_call_api_url {
+            check_http_url("ai_call_api_url", url)?;
+        }
+        if let Some(url) = &self.webhook_base_url {
+            check_http_url("webhook_base_url", url)?;
+        }
+        if self.webhook_secret.is_some() && self.webhook_secret_list().is_empty() {
+            return Err(ConfigError::at(
+                "webhook_secret",
+                "is set but holds no secret",
+            ));
+        }
+        for secret in self.webhook_secret_list() {
+            crate::domain::webhook_secret_bytes(secret.expose())
+                .map_err(|problem| ConfigError::at("webhook_secret", problem))?;
+        }
+        if self.api_keys.is_some() && self.api_key_list().is_empty() {
+            return Err(ConfigError::at(
+                "api_keys",
+                "is set but holds no key; unset it to turn authentication off",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.rust_log)
+            .map_err(|err| ConfigError::at("rust_log", err))?;
+        if !crate::provider::PROVIDERS.contains(&self.ai_call_provider.as_str()) {
+            return Err(ConfigError::at(
+                "ai_call_provider",
+                format!("must be one of {}", crate::provider::PROVIDERS.join(", ")),
+            ));
+        }
+        if needs == Needs::Provider {
+            for (key, present) in [
+                ("ai_call_api_url", self.ai_call_api_url.is_some()),
+                ("ai_call_api_key", self.ai_call_api_key.is_some()),
+                ("webhook_base_url", self.webhook_base_url.is_some()),
+            ] {
+                if !present {
+                    return Err(ConfigError::at(key, "is required to place calls"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Ok(()),
+        Ok(_) => Err(ConfigError::at(key, "must be an http:// or https:// URL")),
+        Err(err) => Err(ConfigError::at(key, format!("is not a URL ({err})"))),
+    }
+}

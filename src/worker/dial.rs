@@ -1,0 +1,117 @@
+//! The dial path: one claimed attempt sent to the provider, and its answer recorded (with
+//! retries while the database is out of reach, within the attempt's lease).
+
+use std::time::Duration;
+
+use super::Worker;
+use crate::{
+    db::{self, Claimed},
+    domain::{DialOutcome, decide::Retry},
+    provider::DialRequest,
+};
+
+/// Dials a claimed attempt and records the answer (see `Worker::spawn_dial`).
+#[tracing::instrument(skip_all, fields(call_id = %claimed.call.id, attempt = claimed.attempt))]
+pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
+    let (pool, provider, settings) = (&worker.pool, &worker.provider, &*worker.settings);
+    let request = DialRequest {
+        call_id: claimed.call.id,
+        attempt: claimed.attempt,
+        to: claimed.call.payload.to.as_str().to_owned(),
+        script_id: claimed.call.payload.script_id.as_str().to_owned(),
+        metadata: claimed.call.payload.metadata.clone(),
+        webhook_url: settings.webhook_url(&claimed),
+        resend: claimed.resend(),
+    };
+    let started = std::time::Instant::now();
+    let mut outcome = provider.dial(&request, claimed.rescues).await;
+    crate::metrics::provider_request(outcome.label(), started.elapsed());
+    match &outcome {
+        DialOutcome::Accepted { provider_call_id } => {
+            tracing::info!(
+                provider_call_id = provider_call_id.as_deref().unwrap_or(""),
+                "dialed"
+            )
+        }
+        DialOutcome::RateLimited { retry_after } => {
+            tracing::warn!(?retry_after, "provider rate limit; the call waits")
+        }
+        // The provider's words, escaped (`?`): they may hold anything, newlines included.
+        DialOutcome::Transient { reason, .. } => tracing::warn!(?reason, "dial failed"),
+        DialOutcome::Permanent { reason } => tracing::warn!(?reason, "dial refused for good"),
+        DialOutcome::Unknown { reason, resend_in } => tracing::warn!(
+            ?reason,
+            ?resend_in,
+            "dial outcome unknown; the attempt stays open and is sent again"
+        ),
+    }
+    // The database may be restarting: keep trying within the lease. Should it stay out of
+    // reach, the attempt remains DIALING, and once the lease runs out the sweeper of some
+    // replica sends it again with the same Idempotency-Key and records that answer.
+    let deadline = tokio::time::Instant::now() + settings.lease() / 2;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let result = match &outcome {
+            // The hot path: answers that arrive together are recorded in one statement.
+            DialOutcome::Accepted { provider_call_id } => {
+                let accepted = db::Accepted {
+                    call_id: claimed.call.id,
+                    attempt: claimed.attempt,
+                    provider_call_id: provider_call_id.clone(),
+                };
+                let key = claimed.call.id.as_u64_pair().1;
+                match worker.accepts.submit(key, accepted).await {
+                    Ok(result) => result.map(|()| None).map_err(anyhow::Error::from),
+                    Err(lost) => Err(lost.into()),
+                }
+            }
+            _ => {
+                let retry = Retry {
+                    policy: settings.policy,
+                    jitter: fastrand::f64(),
+                };
+                db::record_dial_outcome(pool, claimed.call.id, claimed.attempt, &outcome, retry)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        };
+        match result {
+            Ok(decided) => {
+                if let Some(decision) = decided {
+                    crate::metrics::retry_decided(decision);
+                }
+                return;
+            }
+            Err(err)
+                if err
+                    .downcast_ref::<db::DbError>()
+                    .is_some_and(db::DbError::is_duplicate_provider_call_id) =>
+            {
+                // The provider gave this attempt an id it had given another: its webhooks
+                // could not tell the two apart. A provider error, settled as a failed
+                // attempt, rather than an answer recorded for ever in vain.
+                let DialOutcome::Accepted { provider_call_id } = &outcome else {
+                    unreachable!("only a 2xx records a provider id")
+                };
+                let reason = format!(
+                    "the provider answered with callId {:?}, which it had given another attempt",
+                    provider_call_id.as_deref().unwrap_or_default()
+                );
+                tracing::error!(?reason, "provider error");
+                outcome = DialOutcome::Transient {
+                    reason,
+                    retry_after: None,
+                };
+            }
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %err, "recording the dial outcome failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "could not record the dial outcome; the sweeper will resend it");
+                return;
+            }
+        }
+    }
+}
