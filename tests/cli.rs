@@ -231,6 +231,17 @@ async fn json_logs_name_the_call_and_log_dir_keeps_files() {
         assert!(Instant::now() < deadline, "the API did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // A webhook URL's token (in its query) must not reach the logs either: whoever reads
+    // them could send that attempt's webhooks.
+    let webhook = client
+        .post(format!(
+            "http://127.0.0.1:{port}/api/v1/callbacks/call-status?ref={id}.1&token=tokenNotForLogs"
+        ))
+        .json(&serde_json::json!({"callId": "p-1", "status": "COMPLETED"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), reqwest::StatusCode::UNAUTHORIZED);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -253,6 +264,17 @@ async fn json_logs_name_the_call_and_log_dir_keeps_files() {
     assert!(
         !stdout.contains("topsecret-key"),
         "a secret reached the logs"
+    );
+    assert!(
+        !stdout.contains("tokenNotForLogs"),
+        "a webhook token reached the logs: {stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["path"] == "/api/v1/callbacks/call-status"
+                && l["message"] == "response"),
+        "every request is logged, by its path: {stdout}"
     );
     let files: Vec<String> = std::fs::read_dir(logs.path())
         .unwrap()

@@ -568,6 +568,28 @@ async fn metrics_can_ask_for_a_key_or_move_to_a_port_of_their_own() {
         text.contains("call_orchestrator_calls{status=\"PENDING\"}"),
         "{text}"
     );
+
+    // Its own port asks for the key too when told to.
+    let port = common::free_port();
+    let app = TestApp::spawn_with(|c| {
+        c.metrics_port = Some(port);
+        c.api_keys = Some(Secret::new("k1"));
+        c.metrics_require_api_key = true;
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        if let Ok(response) = app.client.get(&url).send().await {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "{url} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, body) = common::read(refused).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let allowed = app.client.get(&url).bearer_auth("k1").send().await.unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -9,33 +9,24 @@ use poem_openapi::{
     ApiResponse, OpenApi,
     param::{Header, Path, Query},
     payload::Json,
-    types::ParseFromJSON,
 };
 use uuid::Uuid;
 
 use super::{
     ApiState, ApiTags,
-    error::{ApiError, envelope},
+    error::ApiError,
     idempotency::{checked_key, create_under_key},
     models::{
         BatchCreateRequest, Call, CallEnvelope, CallPage, CallsEnvelope, Concurrency,
-        CreateCallRequest, CursorPagination, ErrorDetail, EventPage, MetricsEnvelope, Pagination,
+        CreateCallRequest, CursorPagination, EventPage, MetricsEnvelope, Pagination,
         PatchCallRequest, Status, StatusCounts,
     },
+    requests::{parse_batch, parse_request, plus_decoded_as_space},
 };
 use crate::{
     db::{self, CallFilter, CreateOutcome, NewCall},
     domain::{CallPayload, CallStatus, FieldError, PhoneNumber, merge_patch},
 };
-
-/// A query string decodes `+` as a space, so `?to=+14155550100` arrives as
-/// ` 14155550100`: a leading space before a digit is taken for the `+` it was.
-fn plus_decoded_as_space(raw: &str) -> std::borrow::Cow<'_, str> {
-    match raw.strip_prefix(' ') {
-        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => format!("+{rest}").into(),
-        _ => raw.into(),
-    }
-}
 
 /// Timeline entries per page, unless asked otherwise, and at most.
 const DEFAULT_EVENTS_LIMIT: i64 = 100;
@@ -71,13 +62,6 @@ pub enum CreatedCalls {
 }
 
 pub struct CallsApi;
-
-fn parse_request(req: CreateCallRequest) -> Result<CallPayload, Vec<FieldError>> {
-    let metadata = req
-        .metadata
-        .map(|m| serde_json::Value::Object(m.into_iter().collect()));
-    CallPayload::parse(Some(&req.to.0), Some(&req.script_id.0), metadata.as_ref())
-}
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Calls")]
 impl CallsApi {
@@ -154,55 +138,7 @@ impl CallsApi {
         request: &poem::Request,
     ) -> Result<CreatedCalls, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
-        let items = body.0.calls;
-        if items.is_empty() || items.len() > MAX_BATCH {
-            return Err(ApiError::bad_request(
-                "INVALID_BATCH_SIZE",
-                format!(
-                    "`calls` must hold 1 to {MAX_BATCH} calls; it holds {}",
-                    items.len()
-                ),
-            ));
-        }
-        let total = items.len();
-        let mut calls = Vec::with_capacity(total);
-        let mut details = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let index = index as u32;
-            let parsed = CreateCallRequest::parse_from_json(Some(item.0))
-                .map_err(|err| {
-                    vec![FieldError::new(
-                        "",
-                        format!("not a valid call request: {}", err.into_message()),
-                    )]
-                })
-                .and_then(parse_request);
-            match parsed {
-                Ok(payload) => calls.push(NewCall::new(payload)),
-                Err(errors) => details.extend(errors.into_iter().map(|e| ErrorDetail {
-                    index: Some(index),
-                    field: (!e.field.is_empty()).then_some(e.field),
-                    message: e.message,
-                })),
-            }
-        }
-        if !details.is_empty() {
-            let bad: std::collections::BTreeSet<_> =
-                details.iter().filter_map(|d| d.index).collect();
-            let list = bad
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ApiError::BadRequest(envelope(
-                "VALIDATION_ERROR",
-                format!(
-                    "{} of {total} calls are invalid (index {list}); no call was created",
-                    bad.len()
-                ),
-                details,
-            )));
-        }
+        let calls = parse_batch(body.0.calls)?;
         let (created, replayed) = match key {
             Some(key) => match create_under_key(state.0, request, "batch", &calls, key).await {
                 Ok(CreateOutcome::Created(created)) => (created, None),

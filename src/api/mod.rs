@@ -1,11 +1,13 @@
 //! The HTTP API: poem-openapi routes, the OpenAPI document, and the error envelope.
 
+mod access_log;
 mod calls;
 mod error;
 mod health;
 mod idempotency;
 pub mod listener;
 pub mod models;
+mod requests;
 mod webhooks;
 
 use std::{sync::Arc, time::Duration};
@@ -13,7 +15,6 @@ use std::{sync::Arc, time::Duration};
 use poem::{
     Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route,
     http::{StatusCode, header},
-    middleware::Tracing,
 };
 use poem_openapi::{OpenApiService, Tags};
 use sha2::{Digest, Sha256};
@@ -164,7 +165,7 @@ pub fn app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
         })
         .data(state)
         .catch_all_error(error::render)
-        .with(Tracing)
+        .around(access_log::access_log)
         .into_endpoint()
 }
 
@@ -211,22 +212,8 @@ async fn guard<E: Endpoint>(
         && ((path.starts_with("/api/v1/") && !is_webhook)
             || (is_metrics && state.metrics_need_key));
     if needs_key {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
-        let known = presented.map(digest).filter(|key| {
-            // Compare digests, in constant time, so the keys leak nothing through timing.
-            state.api_key_digests.iter().fold(false, |found, known| {
-                found | bool::from(subtle::ConstantTimeEq::ct_eq(&key[..], &known[..]))
-            })
-        });
-        let Some(key) = known else {
-            return Ok(refuse(
-                "UNAUTHORIZED",
-                "send `Authorization: Bearer <key>` with one of the service's API keys",
-            ));
+        let Some(key) = known_key(&state, req.headers()) else {
+            return Ok(unauthorized());
         };
         req.extensions_mut().insert(ClientScope(key.to_vec()));
     }
@@ -274,6 +261,27 @@ async fn guard<E: Endpoint>(
     }
     req.set_body(body);
     next.call(req).await.map(poem::IntoResponse::into_response)
+}
+
+/// The digest of the request's API key, when it presents one of `API_KEYS`.
+fn known_key(state: &ApiState, headers: &header::HeaderMap) -> Option<[u8; 32]> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)?;
+    let key = digest(presented);
+    // Compare digests, in constant time, so the keys leak nothing through timing.
+    let found = state.api_key_digests.iter().fold(false, |found, known| {
+        found | bool::from(subtle::ConstantTimeEq::ct_eq(&key[..], &known[..]))
+    });
+    found.then_some(key)
+}
+
+fn unauthorized() -> Response {
+    refuse(
+        "UNAUTHORIZED",
+        "send `Authorization: Bearer <key>` with one of the service's API keys",
+    )
 }
 
 /// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
@@ -333,14 +341,21 @@ pub async fn prometheus_text(state: &ApiState) -> String {
     crate::metrics::render(counts.as_deref(), state.max_concurrent_calls)
 }
 
-/// The listener of `METRICS_PORT`: `GET /metrics` and nothing else.
+/// The listener of `METRICS_PORT`: `GET /metrics` and nothing else, behind one of
+/// `API_KEYS` with `METRICS_REQUIRE_API_KEY`, as on `PORT`.
 pub fn metrics_app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
     Route::new()
         .at(
             "/metrics",
-            poem::get(poem::endpoint::make(move |_| {
+            poem::get(poem::endpoint::make(move |req: Request| {
                 let state = state.clone();
-                async move { prometheus_text(&state).await }
+                async move {
+                    let needs_key = state.metrics_need_key && !state.api_key_digests.is_empty();
+                    if needs_key && known_key(&state, req.headers()).is_none() {
+                        return unauthorized();
+                    }
+                    prometheus_text(&state).await.into_response()
+                }
             })),
         )
         .into_endpoint()

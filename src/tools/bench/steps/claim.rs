@@ -1,0 +1,196 @@
+//! The claim, on a deep queue and right after a million calls of churn.
+
+use super::*;
+
+/// Milliseconds of one real claim of 10 calls (the claimed calls then completed, untimed).
+async fn timed_claim(pool: &PgPool) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let claimed = db::claim(pool, 1_000_000, 10, Duration::from_secs(60)).await?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(claimed.len() == 10, "the claim ran out of calls");
+    let ids: Vec<uuid::Uuid> = claimed.iter().map(|c| c.call.id).collect();
+    end_calls(pool, &ids).await?;
+    Ok(ms)
+}
+
+/// The reference of the claim figures: a queue kept 1,000 calls deep.
+struct ShallowQueue {
+    pool: PgPool,
+    added: u64,
+}
+
+impl ShallowQueue {
+    const DEPTH: u32 = 1_000;
+
+    async fn new(cluster: &PgCluster) -> anyhow::Result<Self> {
+        let (_url, pool) = fresh_database(cluster, "bench_claim_reference", 2).await?;
+        add_calls(&pool, Self::DEPTH, 0, false).await?;
+        Ok(Self {
+            pool,
+            added: u64::from(Self::DEPTH),
+        })
+    }
+
+    /// One claim of 10, then 10 new calls, so the queue stays as deep.
+    async fn timed_claim(&mut self) -> anyhow::Result<f64> {
+        let ms = timed_claim(&self.pool).await?;
+        add_calls(&self.pool, 10, self.added, false).await?;
+        self.added += 10;
+        Ok(ms)
+    }
+}
+
+/// Claims of 10 on the shallow queue and on `deep`, `count` of each a run, taken in turns, so
+/// that the machine speeding up or slowing down (it is shared) weighs on both alike. Each
+/// run's median on the shallow queue goes to `reference`; returns each run's median on `deep`
+/// and its ratio to the shallow one of the same run.
+async fn claim_runs(
+    shallow: &mut ShallowQueue,
+    deep: &PgPool,
+    runs: u32,
+    count: u32,
+    reference: &mut Vec<f64>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut medians, mut ratios) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (mut shallow_ms, mut deep_ms) = (Vec::new(), Vec::new());
+        for _ in 0..count {
+            shallow_ms.push(shallow.timed_claim().await?);
+            deep_ms.push(timed_claim(deep).await?);
+        }
+        let (shallow_ms, deep_ms) = (
+            percentile(&mut shallow_ms, 0.5),
+            percentile(&mut deep_ms, 0.5),
+        );
+        reference.push(shallow_ms);
+        medians.push(deep_ms);
+        ratios.push(deep_ms / shallow_ms);
+    }
+    Ok((medians, ratios))
+}
+
+/// Completes claimed calls and their attempts, as their final webhooks would.
+async fn end_calls(pool: &PgPool, ids: &[uuid::Uuid]) -> anyhow::Result<()> {
+    sqlx::query("UPDATE calls SET status = 'COMPLETED', completed_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "UPDATE call_attempts SET status = 'COMPLETED', ended_at = now()
+         WHERE call_id = ANY($1) AND status = 'DIALING'",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Adds `count` calls to distinct numbers, PENDING and due or `finished`, with ids made the
+/// way the service makes them (time-ordered UUIDv7), so the indexes grow as they do in use.
+async fn add_calls(pool: &PgPool, count: u32, offset: u64, finished: bool) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(100_000);
+        let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+        sqlx::query(
+            "INSERT INTO calls (id, to_number, script_id, status, attempts, next_attempt_at, started_at, completed_at)
+             SELECT new.id, '+1' || (2000000000 + $1 + new.g)::text, 'bench',
+                    CASE WHEN $3 THEN 'COMPLETED'::call_status ELSE 'PENDING'::call_status END,
+                    CASE WHEN $3 THEN 1 ELSE 0 END,
+                    CASE WHEN $3 THEN NULL ELSE now() END,
+                    CASE WHEN $3 THEN now() END,
+                    CASE WHEN $3 THEN now() END
+             FROM unnest($2::uuid[]) WITH ORDINALITY AS new (id, g)
+             ORDER BY new.g",
+        )
+        .bind((offset + u64::from(done)) as i64)
+        .bind(&ids)
+        .bind(finished)
+        .execute(pool)
+        .await?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// 5. The claim with a shallow queue, a deep one, and after a million calls of churn.
+///
+/// Each deep figure is measured in turns with the shallow one and read against it run by run.
+pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
+    let (_url, pool) = fresh_database(cluster, "bench_claim", 4).await?;
+    let mut shallow = ShallowQueue::new(cluster).await?;
+    // As in every worker, all along: call_queue is vacuumed whenever dead rows pile up, and
+    // analyzed as it grows and shrinks.
+    let upkeep = CancellationToken::new();
+    let upkeep_tasks = [&pool, &shallow.pool]
+        .map(|pool| tokio::spawn(crate::worker::keep_queue_lean(pool.clone(), upkeep.clone())));
+    let rows = args.claim_rows;
+    let claims = 200;
+    // What the measurements themselves claim, on top of the depth they measure.
+    let measured = claims * 10 * args.runs;
+    eprintln!("bench: filling {rows} PENDING and {rows} final rows…");
+    add_calls(&pool, rows + measured, 10_000_000, false).await?;
+    add_calls(&pool, rows, 20_000_000, true).await?;
+    sqlx::query("ANALYZE calls").execute(&pool).await?;
+    let mut reference = Vec::new();
+    let (deep, mut deep_ratios) =
+        claim_runs(&mut shallow, &pool, args.runs, claims, &mut reference).await?;
+    eprintln!("bench: {rows} calls of churn through the claim…");
+    add_calls(&pool, rows + measured, 30_000_000, false).await?;
+    let churn_started = Instant::now();
+    let mut churned = 0;
+    while churned < rows {
+        let claimed = db::claim(
+            &pool,
+            u32::MAX,
+            (rows - churned).min(2_000),
+            Duration::from_secs(60),
+        )
+        .await?;
+        anyhow::ensure!(!claimed.is_empty(), "the churn ran out of calls to claim");
+        let ids: Vec<uuid::Uuid> = claimed.iter().map(|c| c.call.id).collect();
+        end_calls(&pool, &ids).await?;
+        churned += claimed.len() as u32;
+    }
+    eprintln!(
+        "bench: churn done in {:.0} s ({:.0} calls/s)",
+        churn_started.elapsed().as_secs_f64(),
+        f64::from(rows) / churn_started.elapsed().as_secs_f64()
+    );
+    let (after, mut after_ratios) =
+        claim_runs(&mut shallow, &pool, args.runs, claims, &mut reference).await?;
+    upkeep.cancel();
+    for task in upkeep_tasks {
+        task.await?;
+    }
+    let against = |ratios: &mut Vec<f64>| {
+        ratios.sort_by(f64::total_cmp);
+        format!(
+            "{:.2} × the shallow claim measured in turns with it ({:.2}–{:.2} × over the runs); target ≤ 1.5 ×",
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+        )
+    };
+    let (deep_against, after_against) = (against(&mut deep_ratios), against(&mut after_ratios));
+    Ok(vec![
+        figure(
+            "claim of 10 calls, 1,000 PENDING",
+            "ms",
+            reference,
+            "the reference, measured in turns with each figure below (so over twice the runs)",
+        ),
+        figure(
+            &format!("claim of 10 calls, {rows} PENDING + {rows} final"),
+            "ms",
+            deep,
+            deep_against,
+        ),
+        figure(
+            &format!("claim of 10 calls, right after {rows} calls of churn"),
+            "ms",
+            after,
+            after_against,
+        ),
+    ])
+}
