@@ -39,6 +39,8 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
         ("WEBHOOK_SECRET", "whsec_%%%"),
         ("API_KEYS", " , "),
         ("RUST_LOG", "[[["),
+        ("AI_CALL_API_KEY", " "),
+        ("AI_CALL_PROVIDER", "twillio"),
     ] {
         assert_config_error(command(&["migrate"]).env(variable, value), variable);
     }

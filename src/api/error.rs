@@ -110,7 +110,10 @@ impl ApiError {
             DbError::NotFound => Self::not_found(id),
             DbError::NotPending(status) => Self::conflict(
                 "CALL_NOT_PENDING",
-                format!("call {id} is {status}; only PENDING calls can be changed"),
+                format!(
+                    "call {id} is {}; only PENDING calls can be changed",
+                    status.as_str()
+                ),
             ),
             DbError::IdempotencyConflict => Self::conflict(
                 "IDEMPOTENCY_KEY_REUSED",

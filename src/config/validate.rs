@@ -128,6 +128,16 @@ impl Config {
                 }
             }
         }
+        if self
+            .ai_call_api_key
+            .as_ref()
+            .is_some_and(|key| key.expose().trim().is_empty())
+        {
+            return Err(ConfigError::at(
+                "ai_call_api_key",
+                "is set but empty; the provider would refuse every call",
+            ));
+        }
         Ok(())
     }
 }

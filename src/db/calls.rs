@@ -244,7 +244,7 @@ where
         .await?;
     let current = Call::from(row.ok_or(DbError::NotFound)?);
     if current.status != CallStatus::Pending {
-        return Err(DbError::NotPending(current.status.as_str()));
+        return Err(DbError::NotPending(current.status));
     }
     let payload = match apply(&current.payload) {
         Ok(payload) => payload,
@@ -270,9 +270,7 @@ pub async fn cancel_call(pool: &PgPool, id: Uuid) -> Result<Call, DbError> {
         .await?;
     match row {
         Some(row) => Ok(row.into()),
-        None => Err(DbError::NotPending(
-            get_call(pool, id).await?.status.as_str(),
-        )),
+        None => Err(DbError::NotPending(get_call(pool, id).await?.status)),
     }
 }
 

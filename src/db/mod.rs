@@ -87,8 +87,8 @@ impl Wakeup {
 pub enum DbError {
     #[error("call not found")]
     NotFound,
-    #[error("call is {0}, not PENDING")]
-    NotPending(&'static str),
+    #[error("call is {}, not PENDING", .0.as_str())]
+    NotPending(crate::domain::CallStatus),
     #[error("the Idempotency-Key was already used with another request body")]
     IdempotencyConflict,
     #[error(transparent)]

@@ -51,15 +51,19 @@ impl CallStatus {
         !matches!(self, Self::Pending | Self::InProgress)
     }
 
-    /// The transitions the service ever makes. An `EXPIRED` call may still learn its real
-    /// outcome from a late final webhook; every other final status is the end.
+    /// The transitions the service ever makes. A final status changes only to record what
+    /// really happened, when the provider's word comes late: an `EXPIRED` call learns its
+    /// real outcome, and a call whose current attempt the dial path settled without knowing
+    /// it (a `PENDING` call waiting for its retry, or a `FAILED` one) completes when the
+    /// provider reports that the call took place (see `decide::decide_webhook`).
     pub fn can_become(self, next: CallStatus) -> bool {
         use CallStatus::*;
         matches!(
             (self, next),
-            (Pending, InProgress | Cancelled)
+            (Pending, InProgress | Cancelled | Completed)
                 | (InProgress, Pending | Completed | Failed | Expired)
                 | (Expired, Completed | Failed)
+                | (Failed, Completed)
         )
     }
 }
@@ -191,9 +195,9 @@ mod tests {
     }
 
     #[test]
-    fn final_statuses_do_not_move_except_expired() {
+    fn final_statuses_move_only_to_the_real_outcome() {
         use CallStatus::*;
-        for from in [Completed, Failed, Cancelled] {
+        for from in [Completed, Cancelled] {
             for to in CallStatus::ALL {
                 assert!(!from.can_become(to), "{from:?} -> {to:?}");
             }
@@ -201,6 +205,8 @@ mod tests {
         assert!(Expired.can_become(Completed));
         assert!(Expired.can_become(Failed));
         assert!(!Expired.can_become(Pending));
+        assert!(Failed.can_become(Completed));
+        assert!(!Failed.can_become(Pending));
     }
 
     #[test]
@@ -209,7 +215,7 @@ mod tests {
         assert!(Pending.can_become(InProgress));
         assert!(Pending.can_become(Cancelled));
         assert!(!InProgress.can_become(Cancelled));
-        assert!(!Pending.can_become(Completed));
+        assert!(!Pending.can_become(Failed));
         assert!(InProgress.can_become(Pending));
     }
 

@@ -281,6 +281,13 @@ fn final_webhooks_follow_the_table() {
     for (state, status, expected) in cases {
         let decision = decide_webhook(&state, &webhook(status), 0, RETRY);
         let settled = settlement(&decision);
+        if let Some(to) = settled.call.status() {
+            assert!(
+                state.call_status.can_become(to),
+                "{:?} -> {to:?} is not a transition of CallStatus",
+                state.call_status
+            );
+        }
         assert!(
             expected(&settled.call),
             "{state:?} {status:?}: {:?}",
