@@ -203,13 +203,11 @@ pub async fn create_idempotent(
 
 /// Calls by id, in the order of `ids`; `NotFound` if one is missing.
 async fn get_calls(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Call>, DbError> {
-    let rows: Vec<CallRow> = sqlx::query_as(
-        "SELECT c.* FROM unnest($1::uuid[]) WITH ORDINALITY AS i (id, ord)
-         JOIN calls c ON c.id = i.id ORDER BY i.ord",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<CallRow> =
+        sqlx::query_as(include_str!("../../sql/queries/get_calls_in_order.sql"))
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
     if rows.len() != ids.len() {
         return Err(DbError::NotFound);
     }
