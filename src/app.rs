@@ -15,7 +15,7 @@ use crate::{
     api::{self, ApiState, Writers, listener::GuardedAcceptor},
     config::Config,
     db,
-    domain::{RetryPolicy, WebhookTokens, decide::Retry},
+    domain::{WebhookTokens, decide::Retry},
     provider::{self, CallProvider},
     worker::{Dispatcher, Sweeper, Worker, WorkerSettings},
 };
@@ -94,7 +94,7 @@ pub async fn serve_api(
     }
     crate::metrics::handle();
     let provider = provider::from_config(config).context("building the provider")?;
-    let writers = api_writers(config, &pool, config.retry_policy());
+    let writers = api_writers(config, &pool);
     let state = Arc::new(ApiState::new(config, pool, tokens, provider, writers));
     let metrics = match config.metrics_port {
         Some(port) => {
@@ -123,7 +123,8 @@ pub async fn serve_api(
 /// Starts the API's background writers on the current Tokio runtime: the wake-up of the
 /// dispatchers, and the group commit of creates and of webhooks (up to four lanes each,
 /// each holding one connection while it writes).
-pub fn api_writers(config: &Config, pool: &PgPool, policy: RetryPolicy) -> Writers {
+pub fn api_writers(config: &Config, pool: &PgPool) -> Writers {
+    let policy = config.retry_policy();
     let lanes = (config.db_max_connections as usize / 3).clamp(1, 4);
     let webhooks = {
         let pool = pool.clone();

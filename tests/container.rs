@@ -1,6 +1,6 @@
 //! No container engine runs here, so the Containerfile and compose.yaml are checked as
 //! files: they parse, every setting they pass exists, and their services, ports and
-//! commands agree with SPEC.md and with the binary.
+//! commands agree with the documentation (docs/operations.md) and with the binary.
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
@@ -76,7 +76,7 @@ fn resolve(mut yaml: Value) -> Value {
 }
 
 #[test]
-fn compose_services_agree_with_the_spec() {
+fn compose_services_agree_with_the_docs() {
     let compose = resolve(compose());
     let services = &compose["services"];
     for name in ["postgres", "migrate", "serve", "provider-sim"] {

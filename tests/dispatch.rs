@@ -1,5 +1,5 @@
 //! The dispatcher against a real local HTTP server playing the provider: each rule of
-//! SPEC.md's "The provider", driven one step at a time.
+//! the provider interface (docs/api.md), driven one step at a time.
 
 mod common;
 

@@ -144,3 +144,42 @@ async fn unusable_files_are_refused_up_front() {
     assert!(stderr.contains("cannot read"), "{stderr}");
     assert_eq!(app.row_counts().await.0, 0);
 }
+
+/// A busy service (503 `OVERLOADED`, its requests in flight all taken) is not a refusal:
+/// the batch is sent again after the `Retry-After`, with the same key, and goes through.
+#[tokio::test]
+async fn a_busy_service_is_waited_for_not_taken_for_a_refusal() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = TestApp::spawn_with(|c| {
+        c.http_max_in_flight = 1;
+        c.http_read_timeout = std::time::Duration::from_secs(3);
+    })
+    .await;
+    // A request whose body never comes holds the one slot until the read timeout.
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(
+        b"POST /api/v1/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get("/health").await.0 != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("campaign.csv");
+    std::fs::write(&file, "to,scriptId\n+14155550100,welcomeFlow\n").unwrap();
+    let (code, stdout, stderr) = import(&app, &file, &[]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("the service is busy (503)"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(app.row_counts().await.0, 1);
+    drop(slow);
+}

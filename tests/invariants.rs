@@ -1,4 +1,4 @@
-//! SPEC.md's "What always holds", each with a test that fails if it breaks.
+//! What always holds (docs/invariants.md), each with a test that fails if it breaks.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Webhooks exactly as SPEC.md says: statuses and their effects, only the named attempt
+//! Webhooks exactly as docs/api.md says: statuses and their effects, only the named attempt
 //! affected, repeats and late arrivals harmless, early arrivals applied, signatures, and
 //! the API keys that guard the rest of the API.
 

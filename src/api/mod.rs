@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use crate::{
     config::Config,
     db::{CreateBatcher, Wakeup, WebhookBatcher},
-    domain::{RetryPolicy, WebhookTokens},
+    domain::WebhookTokens,
     provider::{CallProvider, Verification},
 };
 
@@ -50,8 +50,6 @@ pub struct ApiState {
     pub pool: PgPool,
     /// `MAX_CONCURRENT_CALLS`, reported by the metrics route.
     pub max_concurrent_calls: u32,
-    /// Applied to attempts that webhooks report failed.
-    pub policy: RetryPolicy,
     /// SHA-256 of each of `API_KEYS`, computed once; empty: no authentication.
     pub api_key_digests: Vec<[u8; 32]>,
     /// The provider's dialect: its webhook route, signature scheme and body.
@@ -92,7 +90,6 @@ impl ApiState {
         Self {
             pool,
             max_concurrent_calls: config.max_concurrent_calls,
-            policy: config.retry_policy(),
             api_key_digests: config
                 .api_key_list()
                 .iter()

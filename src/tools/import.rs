@@ -14,6 +14,9 @@ use serde_json::{Map, Value, json};
 
 use crate::{api::MAX_BATCH, domain::CallPayload};
 
+/// 503s in a row a batch is sent again through (each waits its `Retry-After`, 1 to 10 s).
+const MAX_BUSY: u32 = 60;
+
 #[derive(Args, Clone, Debug)]
 pub struct ImportArgs {
     /// The CSV file: a header row, then one call per row.
@@ -146,6 +149,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
             // lost answer (here, or by running the import again) is never stored twice.
             let key = batch_key(index, &body);
             let mut tries = 0;
+            // 503s in a row: the service asks to slow down (or its database is restarting);
+            // the batch is sent again, with the same key, for up to about five minutes.
+            let mut busy = 0;
             let response = loop {
                 tries += 1;
                 let mut request = client
@@ -156,9 +162,21 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
                     request = request.bearer_auth(key);
                 }
                 match request.send().await {
-                    Ok(response) => break response,
+                    Ok(response) => match super::busy_wait(&response) {
+                        Some(wait) if busy < MAX_BUSY => {
+                            busy += 1;
+                            // On stderr even without a terminal (a hidden bar prints nothing).
+                            bar.suspend(|| {
+                                eprintln!(
+                                    "batch {index}: the service is busy (503); sending it again in {wait:?}"
+                                )
+                            });
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => break response,
+                    },
                     Err(err) if tries < 3 && !err.is_connect() => {
-                        bar.println(format!("batch {index}: {err}; sending it again"));
+                        bar.suspend(|| eprintln!("batch {index}: {err}; sending it again"));
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                     Err(err) => {

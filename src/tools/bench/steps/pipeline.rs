@@ -24,16 +24,26 @@ async fn submit(
         .map(|i| json!({"to": format!("+1{prefix:03}{i:07}"), "scriptId": "bench"}))
         .collect();
     for chunk in all.chunks(1000) {
-        let response = client
-            .post(service.url("/api/v1/calls/batch"))
-            .json(&json!({"calls": chunk}))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "batch answered {}",
-            response.status()
-        );
+        // The webhooks of a thousand calls ending at once can fill the service's requests in
+        // flight (HTTP_MAX_IN_FLIGHT): a 503 asks the client to send again, as it does here.
+        let mut busy = 0;
+        let response = loop {
+            busy += 1;
+            let response = client
+                .post(service.url("/api/v1/calls/batch"))
+                .json(&json!({"calls": chunk}))
+                .send()
+                .await?;
+            match crate::tools::busy_wait(&response) {
+                Some(wait) if busy < 300 => tokio::time::sleep(wait).await,
+                _ => break response,
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("batch answered {status}: {body}");
+        }
     }
     Ok(())
 }
