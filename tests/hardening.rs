@@ -469,6 +469,58 @@ async fn a_client_is_authenticated_before_its_body_is_read_and_slow_ones_are_cut
     assert_eq!(app.row_counts().await.0, 0);
 }
 
+/// The provider's webhooks and the clients' requests have bounds of their own: the webhooks
+/// of many calls ending at once never turn a client away (a batch of a campaign, say), and a
+/// busy client never turns a webhook away.
+#[tokio::test]
+async fn webhooks_and_client_requests_are_bounded_apart() {
+    let app = TestApp::spawn_with(|c| {
+        c.http_max_in_flight = 1;
+        c.http_read_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let hold = |path: &str| {
+        let mut slow = std::net::TcpStream::connect(address(&app)).unwrap();
+        slow.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        slow
+    };
+    // A client's request holds the clients' one slot: a webhook still gets through.
+    let client = hold("/api/v1/calls");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.get("/api/v1/metrics").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, body) = app
+        .webhook_raw("", json!({"callId": "nobody", "status": "COMPLETED"}))
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "UNKNOWN_CALL_ID");
+    drop(client);
+    // A webhook holds the webhooks' one slot: clients still get through.
+    let webhook = hold("/api/v1/callbacks/call-status");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = app
+        .webhook_raw("", json!({"callId": "nobody", "status": "COMPLETED"}))
+        .await;
+    assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.get("/api/v1/metrics").await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "the clients' slot did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(webhook);
+}
+
 #[tokio::test]
 async fn connections_and_requests_in_flight_are_bounded() {
     let app = TestApp::spawn_with(|c| {

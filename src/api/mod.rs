@@ -58,8 +58,11 @@ pub struct ApiState {
     pub tokens: WebhookTokens,
     /// The writers that requests hand their work to.
     pub writers: Writers,
-    /// Requests handled at once (`HTTP_MAX_IN_FLIGHT`).
+    /// Requests handled at once (`HTTP_MAX_IN_FLIGHT`), the provider's webhooks apart.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The provider's webhooks handled at once (`HTTP_MAX_IN_FLIGHT` too): a burst of
+    /// calls ending together never turns clients away, nor a busy client the webhooks.
+    pub webhooks_in_flight: Arc<tokio::sync::Semaphore>,
     /// How long a client has to send a request body (`HTTP_READ_TIMEOUT`).
     pub read_timeout: Duration,
     /// `/metrics` asks for an API key (`METRICS_REQUIRE_API_KEY`).
@@ -99,6 +102,9 @@ impl ApiState {
             tokens,
             writers,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.http_max_in_flight as usize,
+            )),
+            webhooks_in_flight: Arc::new(tokio::sync::Semaphore::new(
                 config.http_max_in_flight as usize,
             )),
             read_timeout: config.http_read_timeout,
@@ -166,17 +172,24 @@ pub fn app(state: Arc<ApiState>) -> impl Endpoint<Output = Response> {
         .into_endpoint()
 }
 
-/// Runs before every route, in this order: a bound on the requests in flight; the API key
-/// (`API_KEYS`), checked before a byte of the body is read; the body, read up front within
-/// a per-route limit (so that an oversized body is a 413 whether or not it declares its
-/// length) and a time limit, refused if it holds U+0000; and webhook signatures, verified
-/// against the exact bytes received.
+/// Runs before every route, in this order: a bound on the requests in flight (the
+/// webhooks' apart from the rest); the API key (`API_KEYS`), checked before a byte of the
+/// body is read; the body, read up front within a per-route limit (so that an oversized
+/// body is a 413 whether or not it declares its length) and a time limit, refused if it
+/// holds U+0000; and webhook signatures, verified against the exact bytes received.
 async fn guard<E: Endpoint>(
     state: Arc<ApiState>,
     next: Arc<E>,
     mut req: Request,
 ) -> poem::Result<Response> {
-    let Ok(_in_flight) = state.in_flight.clone().try_acquire_owned() else {
+    let path = req.uri().path().to_owned();
+    let is_webhook = path == state.provider.webhook_path();
+    let in_flight = if is_webhook {
+        &state.webhooks_in_flight
+    } else {
+        &state.in_flight
+    };
+    let Ok(_in_flight) = in_flight.clone().try_acquire_owned() else {
         let mut response = fail(
             StatusCode::SERVICE_UNAVAILABLE,
             "OVERLOADED",
@@ -195,8 +208,6 @@ async fn guard<E: Endpoint>(
             &format!("the path and query may hold at most {MAX_URI} bytes"),
         ));
     }
-    let path = req.uri().path().to_owned();
-    let is_webhook = path == state.provider.webhook_path();
     let is_metrics = path == "/metrics";
     if is_metrics && state.metrics_elsewhere {
         return Ok(fail(
