@@ -60,8 +60,10 @@ pub struct ApiState {
     pub writers: Writers,
     /// Requests handled at once (`HTTP_MAX_IN_FLIGHT`), the provider's webhooks apart.
     pub in_flight: Arc<tokio::sync::Semaphore>,
-    /// The provider's webhooks handled at once (`HTTP_MAX_IN_FLIGHT` too): a burst of
-    /// calls ending together never turns clients away, nor a busy client the webhooks.
+    /// The provider's webhooks handled at once, apart from the rest: a burst of calls ending
+    /// together never turns clients away, nor a busy client the webhooks. As many as
+    /// `HTTP_MAX_CONNECTIONS`, so that in practice a webhook waits for a connection rather
+    /// than being answered 503: a provider may never send it again.
     pub webhooks_in_flight: Arc<tokio::sync::Semaphore>,
     /// How long a client has to send a request body (`HTTP_READ_TIMEOUT`).
     pub read_timeout: Duration,
@@ -105,7 +107,7 @@ impl ApiState {
                 config.http_max_in_flight as usize,
             )),
             webhooks_in_flight: Arc::new(tokio::sync::Semaphore::new(
-                config.http_max_in_flight as usize,
+                config.http_max_connections as usize,
             )),
             read_timeout: config.http_read_timeout,
             metrics_need_key: config.metrics_require_api_key,
