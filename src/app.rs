@@ -234,11 +234,7 @@ pub async fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
     crate::metrics::handle();
     let provider: Arc<dyn CallProvider> =
         provider::from_config(config).context("building the provider")?;
-    let settings = WorkerSettings::from_config(
-        config,
-        webhook_tokens(&pool).await?,
-        provider.webhook_path(),
-    );
+    let settings = WorkerSettings::from_config(config, webhook_tokens(&pool).await?);
     let accepts = {
         let pool = pool.clone();
         db::Batcher::start("accepted", 2, 256, move |accepted: Vec<db::Accepted>| {

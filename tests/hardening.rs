@@ -480,20 +480,8 @@ async fn webhooks_are_bounded_apart_from_client_requests() {
         c.http_read_timeout = Duration::from_secs(5);
     })
     .await;
-    let hold = |path: &str| {
-        let mut slow = std::net::TcpStream::connect(address(&app)).unwrap();
-        slow.write_all(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-                 Content-Length: 100\r\n\r\n{{"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        slow
-    };
     // A client's request holds the clients' one slot: webhooks still get through.
-    let client = hold("/api/v1/calls");
+    let client = app.hold_request("/api/v1/calls");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         app.get("/api/v1/metrics").await.0,
@@ -507,8 +495,8 @@ async fn webhooks_are_bounded_apart_from_client_requests() {
     // Webhooks in flight, more than HTTP_MAX_IN_FLIGHT: another still gets through, and so
     // do the clients.
     let webhooks = [
-        hold("/api/v1/callbacks/call-status"),
-        hold("/api/v1/callbacks/call-status"),
+        app.hold_request("/api/v1/callbacks/call-status"),
+        app.hold_request("/api/v1/callbacks/call-status"),
     ];
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = app
@@ -535,12 +523,7 @@ async fn connections_and_requests_in_flight_are_bounded() {
     })
     .await;
     // One request in flight, its body still coming: the next is told to come back.
-    let mut slow = std::net::TcpStream::connect(address(&app)).unwrap();
-    slow.write_all(
-        b"POST /api/v1/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-          Content-Length: 100\r\n\r\n{\"to\"",
-    )
-    .unwrap();
+    let slow = app.hold_request("/api/v1/calls");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let response = app
         .client

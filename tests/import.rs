@@ -149,20 +149,13 @@ async fn unusable_files_are_refused_up_front() {
 /// the batch is sent again after the `Retry-After`, with the same key, and goes through.
 #[tokio::test]
 async fn a_busy_service_is_waited_for_not_taken_for_a_refusal() {
-    use tokio::io::AsyncWriteExt as _;
     let app = TestApp::spawn_with(|c| {
         c.http_max_in_flight = 1;
         c.http_read_timeout = std::time::Duration::from_secs(3);
     })
     .await;
     // A request whose body never comes holds the one slot until the read timeout.
-    let address = app.base.trim_start_matches("http://").to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
-    slow.write_all(
-        b"POST /api/v1/calls HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-    )
-    .await
-    .unwrap();
+    let slow = app.hold_request("/api/v1/calls");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.get("/health").await.0 != reqwest::StatusCode::SERVICE_UNAVAILABLE {
         assert!(

@@ -121,9 +121,11 @@ impl WebhooksApi {
             None => None,
         };
         // The guard has checked the signature already, by the provider's scheme.
-        let webhook_id = match request.extensions().get::<WebhookSignature>() {
-            Some(WebhookSignature(Verification::Signed { webhook_id })) => Some(webhook_id.clone()),
-            _ => None,
+        let (signed, webhook_id) = match request.extensions().get::<WebhookSignature>() {
+            Some(WebhookSignature(Verification::Signed { webhook_id })) => {
+                (true, webhook_id.clone())
+            }
+            _ => (false, None),
         };
         let report = state
             .provider
@@ -136,8 +138,8 @@ impl WebhooksApi {
             duration_sec: report.duration_sec,
             reason: report.reason,
             reference,
-            authenticated: webhook_id.is_some() || reference.is_some(),
-            webhook_id: webhook_id.flatten(),
+            authenticated: signed || reference.is_some(),
+            webhook_id,
             body: report.body,
         };
         let (provider_call_id, status) = (update.provider_call_id.clone(), update.status);

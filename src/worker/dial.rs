@@ -20,7 +20,7 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
         to: claimed.call.payload.to.as_str().to_owned(),
         script_id: claimed.call.payload.script_id.as_str().to_owned(),
         metadata: claimed.call.payload.metadata.clone(),
-        webhook_url: settings.webhook_url(&claimed),
+        webhook_url: worker.webhook_url(&claimed),
         resend: claimed.resend(),
     };
     let started = std::time::Instant::now();

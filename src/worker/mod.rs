@@ -28,8 +28,6 @@ pub struct WorkerSettings {
     pub call_timeout: Duration,
     pub provider_timeout: Duration,
     pub webhook_base_url: String,
-    /// The provider's webhook route, appended to `webhook_base_url`.
-    pub webhook_path: &'static str,
     /// The safety-net poll; wake-ups normally come by LISTEN/NOTIFY.
     pub poll_interval: Duration,
     /// Makes the token of each attempt's webhook URL.
@@ -37,14 +35,13 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
-    pub fn from_config(config: &Config, tokens: WebhookTokens, webhook_path: &'static str) -> Self {
+    pub fn from_config(config: &Config, tokens: WebhookTokens) -> Self {
         Self {
             max_concurrent_calls: config.max_concurrent_calls,
             policy: config.retry_policy(),
             call_timeout: config.call_timeout,
             provider_timeout: config.provider_timeout,
             webhook_base_url: config.webhook_base_url.clone().unwrap_or_default(),
-            webhook_path,
             poll_interval: Duration::from_secs(2),
             tokens,
         }
@@ -56,18 +53,6 @@ impl WorkerSettings {
     /// are fenced by the attempt, so the overlap is harmless.
     pub fn lease(&self) -> Duration {
         self.provider_timeout * (RESENDS + 1) + Duration::from_secs(5)
-    }
-
-    /// The webhook URL for one attempt, with the service's own reference to it and the
-    /// token that proves a webhook comes from whoever was handed the URL.
-    pub fn webhook_url(&self, claimed: &Claimed) -> String {
-        let (id, attempt) = (claimed.call.id, claimed.attempt);
-        format!(
-            "{}{}?ref={id}.{attempt}&token={}",
-            self.webhook_base_url.trim_end_matches('/'),
-            self.webhook_path,
-            self.tokens.token(id, attempt)
-        )
     }
 }
 
@@ -99,6 +84,19 @@ impl Worker {
             accepts,
             dials: TaskTracker::new(),
         }
+    }
+
+    /// The webhook URL for one attempt: the provider's webhook route under
+    /// `WEBHOOK_BASE_URL`, with the service's own reference to the attempt and the token
+    /// that proves a webhook comes from whoever was handed the URL.
+    pub fn webhook_url(&self, claimed: &Claimed) -> String {
+        let (id, attempt) = (claimed.call.id, claimed.attempt);
+        format!(
+            "{}{}?ref={id}.{attempt}&token={}",
+            self.settings.webhook_base_url.trim_end_matches('/'),
+            self.provider.webhook_path(),
+            self.settings.tokens.token(id, attempt)
+        )
     }
 
     /// The dial path: sends a claimed attempt and records the answer, as a task of

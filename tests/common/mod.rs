@@ -296,6 +296,24 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Opens a connection and sends a POST to `path` whose body never comes (1 byte of the
+    /// 100 it declares): the request holds its slot of the requests in flight until
+    /// `HTTP_READ_TIMEOUT`, or until the returned connection is dropped.
+    pub fn hold_request(&self, path: &str) -> std::net::TcpStream {
+        use std::io::Write as _;
+        let mut slow =
+            std::net::TcpStream::connect(self.base.trim_start_matches("http://")).unwrap();
+        slow.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        slow
+    }
+
     /// Stops the HTTP server and waits for it.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
