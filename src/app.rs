@@ -82,18 +82,14 @@ pub async fn serve_api(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tokens = webhook_tokens(&pool).await?;
-    if config.webhook_secret.is_some() {
-        tracing::info!(
-            "webhooks are verified by their Standard Webhooks signature (WEBHOOK_SECRET)"
-        );
-    } else {
-        tracing::info!(
-            "webhooks are verified by the per-attempt token in the URL handed to the provider \
-             (WEBHOOK_SECRET is not set)"
-        );
-    }
     crate::metrics::handle();
     let provider = provider::from_config(config).context("building the provider")?;
+    tracing::info!(
+        provider = provider.name(),
+        route = provider.webhook_path(),
+        "webhooks are verified by {}",
+        provider.webhook_proof()
+    );
     let writers = api_writers(config, &pool);
     let state = Arc::new(ApiState::new(config, pool, tokens, provider, writers));
     let metrics = match config.metrics_port {

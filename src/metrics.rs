@@ -49,6 +49,18 @@ fn export_at_zero() {
     counter!("call_orchestrator_claimed_total").increment(0);
     counter!("call_orchestrator_calls_expired_total").increment(0);
     counter!("call_orchestrator_attempts_rescued_total").increment(0);
+    for outcome in RECONCILE_OUTCOMES {
+        counter!("call_orchestrator_reconciliations_total", "outcome" => *outcome).increment(0);
+    }
+}
+
+/// The outcome labels of `call_orchestrator_reconciliations_total`: the look-up found the
+/// call ended (and applied the end), still under way, unknown to the provider, or failed.
+pub const RECONCILE_OUTCOMES: &[&str] = &["ended", "running", "not_found", "failed"];
+
+/// One look-up of a call whose end had not arrived.
+pub fn reconciled(outcome: &'static str) {
+    counter!("call_orchestrator_reconciliations_total", "outcome" => outcome).increment(1);
 }
 
 /// The outcome labels of `call_orchestrator_provider_requests_total` (`DialOutcome::label`).

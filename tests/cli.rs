@@ -307,7 +307,7 @@ async fn json_logs_name_the_call_and_log_dir_keeps_files() {
     }
     // The webhook verification in force is said at start.
     assert!(
-        stdout.contains("per-attempt token"),
+        stdout.contains("token of each attempt's webhook URL"),
         "the start does not say how webhooks are verified: {stdout}"
     );
 }

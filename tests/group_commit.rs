@@ -10,8 +10,8 @@ use std::{collections::HashSet, time::Duration};
 use call_orchestrator::{
     db::{self, Accepted, DbError, NewCall},
     domain::{
-        CallPayload, PhoneNumber, ProviderStatus, RetryDecision, RetryPolicy, ScriptId,
-        WebhookUpdate,
+        CallPayload, PhoneNumber, ProviderStatus, ReportSource, RetryDecision, RetryPolicy,
+        ScriptId, WebhookUpdate,
         decide::{Retry, WebhookEffect},
     },
 };
@@ -176,6 +176,7 @@ fn webhook(provider_call_id: &str, status: ProviderStatus) -> WebhookUpdate {
         authenticated: true,
         webhook_id: None,
         body: json!({"callId": provider_call_id, "status": status.as_str()}),
+        source: ReportSource::Webhook,
     }
 }
 

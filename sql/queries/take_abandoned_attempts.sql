@@ -1,7 +1,8 @@
 -- Takes over DIALING attempts whose lease ran out: the replica that claimed them died (or
 -- lost the database) between claiming and recording the provider's answer. The new lease
 -- ($1 seconds) makes the taker their owner; at most $2 at a time. The taker sends each one
--- again with the same Idempotency-Key, so the provider never places it twice. Also the
+-- again with the same Idempotency-Key, so the provider never places it twice (or, for a
+-- vendor without idempotency keys, looks it up from when it was claimed). Also the
 -- attempts whose answer was lost (left DIALING, their lease set to when to send again).
 WITH abandoned AS (
     SELECT a.id
@@ -21,10 +22,10 @@ taken AS (
         rescues = a.rescues + 1
     FROM abandoned
     WHERE a.id = abandoned.id
-    RETURNING a.call_id, a.attempt, a.rescues
+    RETURNING a.call_id, a.attempt, a.rescues, a.claimed_at
 ),
 events AS (
     INSERT INTO call_events (call_id, attempt, kind, detail)
     SELECT call_id, attempt, 'RESCUED', jsonb_build_object('rescues', rescues) FROM taken
 )
-SELECT call_id, attempt, rescues FROM taken
+SELECT call_id, attempt, rescues, claimed_at FROM taken

@@ -259,7 +259,9 @@ async fn guard<E: Endpoint>(
         ));
     }
     if is_webhook {
-        let verification = state.provider.verify_webhook(req.headers(), &body);
+        let verification = state
+            .provider
+            .verify_webhook(req.uri(), req.headers(), &body);
         if verification == Verification::Refused {
             crate::metrics::webhook("bad_signature");
             return Ok(refuse(

@@ -35,6 +35,11 @@ pub const KEYS: &[&str] = &[
     "AI_CALL_API_KEY",
     "WEBHOOK_BASE_URL",
     "WEBHOOK_SECRET",
+    "AI_CALL_FROM_NUMBER",
+    "AI_CALL_PHONE_NUMBER_ID",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_TWIML_URL",
+    "RECONCILE_AFTER",
     "MAX_CONCURRENT_CALLS",
     "MAX_RETRY_ATTEMPTS",
     "RETRY_BASE_DELAY",
@@ -87,6 +92,22 @@ pub struct Config {
     #[serde(default, deserialize_with = "lenient_opt_string")]
     pub webhook_base_url: Option<String>,
     pub webhook_secret: Option<Secret>,
+    /// The caller ID (E.164): required for `twilio` and `retell`, optional for `bland`.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub ai_call_from_number: Option<String>,
+    /// `vapi`: the id of the Vapi phone number that places the calls.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub ai_call_phone_number_id: Option<String>,
+    /// `twilio`: the account; `AI_CALL_API_KEY` is then its auth token.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub twilio_account_sid: Option<String>,
+    /// `twilio`: where Twilio fetches each call's instructions (TwiML).
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub twilio_twiml_url: Option<String>,
+    /// A call in progress with no final webhook for this long is looked up at the
+    /// provider (where it has a look-up), and again each time this much has passed.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_after: Duration,
     pub max_concurrent_calls: u32,
     pub max_retry_attempts: u32,
     #[serde(with = "humantime_serde")]
@@ -133,6 +154,11 @@ impl Default for Config {
             ai_call_api_key: None,
             webhook_base_url: None,
             webhook_secret: None,
+            ai_call_from_number: None,
+            ai_call_phone_number_id: None,
+            twilio_account_sid: None,
+            twilio_twiml_url: None,
+            reconcile_after: Duration::from_secs(5 * 60),
             max_concurrent_calls: 30,
             max_retry_attempts: 3,
             retry_base_delay: Duration::from_secs(30),

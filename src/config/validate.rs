@@ -99,10 +99,16 @@ impl Config {
                 "is set but holds no secret",
             ));
         }
-        for secret in self.webhook_secret_list() {
-            crate::domain::webhook_secret_bytes(secret.expose())
-                .map_err(|problem| ConfigError::at("webhook_secret", problem))?;
+        // The generic provider's secret is a Standard Webhooks one; Vapi's and Bland's are
+        // the vendor's as it shows them, used as they stand.
+        if self.ai_call_provider == "generic" {
+            for secret in self.webhook_secret_list() {
+                crate::domain::webhook_secret_bytes(secret.expose())
+                    .map_err(|problem| ConfigError::at("webhook_secret", problem))?;
+            }
         }
+        ("reconcile_after", self.reconcile_after).check_positive()?;
+        self.validate_vendor(needs)?;
         if self.api_keys.is_some() && self.api_key_list().is_empty() {
             return Err(ConfigError::at(
                 "api_keys",
@@ -118,8 +124,12 @@ impl Config {
             ));
         }
         if needs == Needs::Provider {
+            let url_needed = crate::provider::default_api_url(&self.ai_call_provider).is_none();
             for (key, present) in [
-                ("ai_call_api_url", self.ai_call_api_url.is_some()),
+                (
+                    "ai_call_api_url",
+                    self.ai_call_api_url.is_some() || !url_needed,
+                ),
                 ("ai_call_api_key", self.ai_call_api_key.is_some()),
                 ("webhook_base_url", self.webhook_base_url.is_some()),
             ] {
@@ -137,6 +147,93 @@ impl Config {
                 "ai_call_api_key",
                 "is set but empty; the provider would refuse every call",
             ));
+        }
+        Ok(())
+    }
+}
+
+trait CheckPositive {
+    fn check_positive(self) -> Result<(), ConfigError>;
+}
+
+impl CheckPositive for (&str, Duration) {
+    fn check_positive(self) -> Result<(), ConfigError> {
+        let (key, value) = self;
+        if value.is_zero() {
+            return Err(ConfigError::at(key, "must be longer than zero"));
+        }
+        if value > Duration::from_secs(366 * 24 * 3600) {
+            return Err(ConfigError::at(key, "must be at most a year"));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The settings each vendor's dialect needs to place calls (`needs` a provider), and
+    /// the shape of those given.
+    fn validate_vendor(&self, needs: Needs) -> Result<(), ConfigError> {
+        if let Some(number) = &self.ai_call_from_number {
+            crate::domain::PhoneNumber::parse(number)
+                .map_err(|problem| ConfigError::at("ai_call_from_number", format!("{problem}")))?;
+        }
+        for (key, value) in [
+            ("ai_call_phone_number_id", &self.ai_call_phone_number_id),
+            ("twilio_account_sid", &self.twilio_account_sid),
+        ] {
+            if value.as_ref().is_some_and(|v| {
+                v.is_empty()
+                    || v.len() > 128
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }) {
+                return Err(ConfigError::at(
+                    key,
+                    "must be 1 to 128 letters, digits, `-` and `_`",
+                ));
+            }
+        }
+        if let Some(url) = &self.twilio_twiml_url {
+            check_http_url("twilio_twiml_url", url)?;
+        }
+        if self.ai_call_provider == "twilio"
+            && self
+                .twilio_account_sid
+                .as_ref()
+                .is_some_and(|sid| !sid.starts_with("AC"))
+        {
+            return Err(ConfigError::at(
+                "twilio_account_sid",
+                "must be a Twilio account SID (AC followed by 32 hex digits)",
+            ));
+        }
+        if needs != Needs::Provider {
+            return Ok(());
+        }
+        let required: &[(&str, bool)] = match self.ai_call_provider.as_str() {
+            "twilio" => &[
+                ("twilio_account_sid", self.twilio_account_sid.is_some()),
+                ("twilio_twiml_url", self.twilio_twiml_url.is_some()),
+                ("ai_call_from_number", self.ai_call_from_number.is_some()),
+            ],
+            "retell" => &[("ai_call_from_number", self.ai_call_from_number.is_some())],
+            "vapi" => &[(
+                "ai_call_phone_number_id",
+                self.ai_call_phone_number_id.is_some(),
+            )],
+            _ => &[],
+        };
+        for (key, present) in required {
+            if !present {
+                return Err(ConfigError::at(
+                    key,
+                    format!(
+                        "is required to place calls with AI_CALL_PROVIDER={}",
+                        self.ai_call_provider
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -20,6 +20,8 @@ pub struct Claimed {
     pub attempt: i32,
     /// When the call fell due, for a fresh claim (not for a rescue).
     pub due_at: Option<DateTime<Utc>>,
+    /// When the attempt was claimed: a call placed for it was created after this.
+    pub claimed_at: DateTime<Utc>,
     /// How often the attempt was taken over since it was claimed: from 1, the attempt may
     /// have reached the provider already (its dialer died, or its answer was lost), so every
     /// send of it is a resend, and only a clear answer settles it.
@@ -77,6 +79,7 @@ pub async fn claim(
                             attempt: call.attempts,
                             call,
                             due_at: Some(row.due_at),
+                            claimed_at: Utc::now(),
                             rescues: 0,
                         }
                     })

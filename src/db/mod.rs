@@ -27,7 +27,7 @@ pub use calls::{
 pub use claim::{Claimed, claim, next_due};
 pub use dial::{Accepted, record_accepted_each, record_dial_outcome};
 pub use events::list_events;
-pub use sweeps::{expire_overdue, take_abandoned};
+pub use sweeps::{Reconcilable, expire_overdue, take_abandoned, take_reconcilable};
 pub use upkeep::{
     QUEUE_UPKEEP_LOCK, QueueUpkeep, owns_queue, purge_idempotency_keys, purge_webhook_receipts,
     queue_upkeep,

@@ -21,7 +21,7 @@ pub async fn expire_overdue(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid
 
 /// Takes over attempts whose dialer's lease ran out; returns them, ready to send again.
 pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claimed>, DbError> {
-    let taken: Vec<(Uuid, i32, i32)> = sqlx::query_as(include_str!(
+    let taken: Vec<(Uuid, i32, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(include_str!(
         "../../sql/queries/take_abandoned_attempts.sql"
     ))
     .bind(lease.as_secs_f64())
@@ -29,13 +29,45 @@ pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claime
     .fetch_all(pool)
     .await?;
     let mut claimed = Vec::with_capacity(taken.len());
-    for (call_id, attempt, rescues) in taken {
+    for (call_id, attempt, rescues, claimed_at) in taken {
         claimed.push(Claimed {
             call: super::get_call(pool, call_id).await?,
             attempt,
             due_at: None,
+            claimed_at,
             rescues: rescues.max(1) as u32,
         });
     }
     Ok(claimed)
+}
+
+/// An attempt due for a look-up at the provider (see `take_reconcilable`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconcilable {
+    pub call_id: Uuid,
+    pub attempt: i32,
+    pub provider_call_id: String,
+}
+
+/// Takes the attempts the provider holds whose end has not arrived for `after`
+/// (`RECONCILE_AFTER`), at most `max`, marking them looked up now.
+pub async fn take_reconcilable(
+    pool: &PgPool,
+    after: Duration,
+    max: i64,
+) -> Result<Vec<Reconcilable>, DbError> {
+    let rows: Vec<(Uuid, i32, String)> =
+        sqlx::query_as(include_str!("../../sql/queries/take_reconcilable.sql"))
+            .bind(after.as_secs_f64())
+            .bind(max)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(call_id, attempt, provider_call_id)| Reconcilable {
+            call_id,
+            attempt,
+            provider_call_id,
+        })
+        .collect())
 }

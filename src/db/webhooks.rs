@@ -9,7 +9,7 @@ use super::{
     settle::{Tx, apply, lock},
 };
 use crate::domain::{
-    WebhookUpdate,
+    ProviderStatus, WebhookUpdate,
     decide::{Retry, WebhookOutcome, decide_webhook, route_webhook},
 };
 
@@ -85,12 +85,20 @@ async fn apply_in(
     update: &WebhookUpdate,
     retry: Retry,
 ) -> Result<Option<WebhookOutcome>, sqlx::Error> {
-    let by_id: Option<(Uuid, i32)> = sqlx::query_as(include_str!(
+    let by_id: Option<(Uuid, i32, bool)> = sqlx::query_as(include_str!(
         "../../sql/queries/find_attempt_by_provider_id.sql"
     ))
     .bind(&update.provider_call_id)
     .fetch_optional(&mut **tx)
     .await?;
+    if matches!(by_id, Some((_, _, true))) {
+        // The vendor's word on an attempt it did not place (its concurrency limit), which
+        // was settled already: the same attempt number has been dialed again since.
+        return Ok(Some(WebhookOutcome::unchanged(
+            crate::domain::decide::Unchanged::Duplicate,
+        )));
+    }
+    let by_id = by_id.map(|(call_id, attempt, _)| (call_id, attempt));
     let (call_id, attempt) = match route_webhook(update, by_id) {
         Ok(found) => found,
         Err(Some(refused)) => return Ok(Some(WebhookOutcome::unchanged(refused))),
@@ -110,10 +118,20 @@ async fn apply_in(
         .fetch_one(&mut **tx)
         .await?
     };
+    let rate_limited_before: i64 = if update.status == ProviderStatus::Throttled {
+        sqlx::query_scalar(include_str!("../../sql/queries/count_rate_limited.sql"))
+            .bind(call_id)
+            .bind(attempt)
+            .fetch_one(&mut **tx)
+            .await?
+    } else {
+        0
+    };
     let decision = decide_webhook(
         &locked.state,
         update,
         u32::try_from(progress_recorded).unwrap_or(u32::MAX),
+        u32::try_from(rate_limited_before).unwrap_or(u32::MAX),
         retry,
     );
     let outcome = WebhookOutcome::of(&decision);

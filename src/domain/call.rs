@@ -120,10 +120,12 @@ pub enum EventKind {
     Rescued,
     /// The provider's answer to an attempt was lost; it stays open and is sent again.
     DialUnknown,
+    /// A look-up at the provider found where an attempt stands (reconciliation).
+    Reconciled,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         Self::Created,
         Self::Updated,
         Self::Cancelled,
@@ -138,6 +140,7 @@ impl EventKind {
         Self::Expired,
         Self::Rescued,
         Self::DialUnknown,
+        Self::Reconciled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -156,6 +159,7 @@ impl EventKind {
             Self::Expired => "EXPIRED",
             Self::Rescued => "RESCUED",
             Self::DialUnknown => "DIAL_UNKNOWN",
+            Self::Reconciled => "RECONCILED",
         }
     }
 

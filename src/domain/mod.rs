@@ -28,7 +28,7 @@ mod webhook_token;
 
 pub use attempt::{AttemptState, AttemptStatus};
 pub use call::{Call, CallEvent, CallStatus, EventKind};
-pub use outcome::{DialOutcome, ProviderStatus, WebhookUpdate};
+pub use outcome::{DialOutcome, ProviderStatus, ReportSource, WebhookUpdate};
 pub use payload::{
     CallPayload, FieldError, MAX_METADATA_BYTES, MAX_SCRIPT_ID_LEN, ScriptId, merge_patch,
 };

@@ -53,6 +53,9 @@ pub enum ProviderStatus {
     Busy,
     NoAnswer,
     Voicemail,
+    /// The vendor did not place the call for its own concurrency limit: not an attempt,
+    /// the call waits like after a 429.
+    Throttled,
 }
 
 impl ProviderStatus {
@@ -66,6 +69,7 @@ impl ProviderStatus {
             Self::Busy => "BUSY",
             Self::NoAnswer => "NO_ANSWER",
             Self::Voicemail => "VOICEMAIL",
+            Self::Throttled => "THROTTLED",
         }
     }
 
@@ -93,4 +97,15 @@ pub struct WebhookUpdate {
     pub webhook_id: Option<String>,
     /// The body as received, for the timeline.
     pub body: Value,
+    /// Where the report comes from: the provider's webhook, or a look-up of ours.
+    pub source: ReportSource,
+}
+
+/// Where a report of the provider's comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportSource {
+    /// The provider's webhook.
+    Webhook,
+    /// A look-up at the provider (reconciliation): recorded as `RECONCILED`.
+    LookUp,
 }

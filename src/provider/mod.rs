@@ -1,15 +1,23 @@
 //! The AI call provider, behind one seam: [`CallProvider`] dials an attempt, verifies and
 //! reads a webhook, and looks a call up. Each vendor's dialect is a module of its own
-//! (`generic` today), picked by `AI_CALL_PROVIDER` in [`from_config`]; the dispatcher, the
-//! webhook route and the API know the trait only.
+//! (`generic`, and `twilio`, `retell`, `vapi` and `bland` on the shared machinery of
+//! `vendor`), picked by `AI_CALL_PROVIDER` in [`from_config`]; the dispatcher, the webhook
+//! route and the API know the trait only.
 
+mod bland;
 mod generic;
 mod http;
+mod retell;
+mod signature;
+mod twilio;
+mod vapi;
+mod vendor;
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use poem::http::HeaderMap;
+use poem::http::{HeaderMap, Uri};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -18,7 +26,7 @@ use crate::{
     domain::{DialOutcome, ProviderStatus},
 };
 
-pub use generic::{GenericProvider, GenericWebhook, RESENDS};
+pub use generic::{GenericProvider, RESENDS, WebhookPayload};
 pub use http::{MAX_ANSWER_BYTES, retry_after, unknown_resend_delay};
 
 /// One vendor's API, as the service uses it.
@@ -36,11 +44,19 @@ pub trait CallProvider: Send + Sync {
     fn dial<'a>(&'a self, request: &'a DialRequest, rescues: u32) -> BoxFuture<'a, DialOutcome>;
 
     /// Checks, before the body is read, whether a webhook comes from the vendor: its
-    /// signature over the exact bytes received, by the vendor's scheme.
-    fn verify_webhook(&self, headers: &HeaderMap, body: &[u8]) -> Verification;
+    /// signature over the exact bytes received (and, for a vendor that signs its URL, the
+    /// public URL it was sent to: `WEBHOOK_BASE_URL` with `uri`'s path and query), by the
+    /// vendor's scheme.
+    fn verify_webhook(&self, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Verification;
 
     /// Reads a webhook body into the service's words; `Err` says what is wrong with it.
     fn read_webhook(&self, body: &[u8]) -> Result<ProviderReport, WebhookError>;
+
+    /// Whether [`CallProvider::look_up`] can find calls: the sweeper reconciles calls
+    /// whose end never arrived only then.
+    fn has_look_up(&self) -> bool {
+        false
+    }
 
     /// Looks a call up at the vendor by its id for the attempt. The generic provider has
     /// no look-up.
@@ -48,24 +64,63 @@ pub trait CallProvider: Send + Sync {
         let _ = provider_call_id;
         Box::pin(async { LookUp::Unsupported })
     }
+
+    /// How the provider's webhooks are proven genuine, for the log line at start.
+    fn webhook_proof(&self) -> &'static str;
 }
 
 /// The names `AI_CALL_PROVIDER` takes.
-pub const PROVIDERS: &[&str] = &["generic"];
+pub const PROVIDERS: &[&str] = &["generic", "twilio", "retell", "vapi", "bland"];
+
+/// The webhook routes of the vendors (the generic one is `generic::WEBHOOK_PATH`).
+pub const VENDOR_WEBHOOK_PATHS: &[(&str, &str)] = &[
+    ("twilio", twilio::WEBHOOK_PATH),
+    ("retell", retell::WEBHOOK_PATH),
+    ("vapi", vapi::WEBHOOK_PATH),
+    ("bland", bland::WEBHOOK_PATH),
+];
 
 /// The provider `AI_CALL_PROVIDER` names, built from the configuration (no I/O). A new
-/// vendor is a module beside `generic` and one line here (and its name in [`PROVIDERS`]).
+/// vendor is a module beside `twilio` (a [`vendor::Dialect`]) and one line here (and its
+/// name in [`PROVIDERS`]).
 pub fn from_config(config: &Config) -> Result<Arc<dyn CallProvider>, ProviderError> {
     match config.ai_call_provider.as_str() {
         "generic" => Ok(Arc::new(GenericProvider::from_config(config)?)),
+        "twilio" => Ok(Arc::new(vendor::Vendor::new(
+            twilio::Twilio::from_config(config),
+            config,
+        )?)),
+        "retell" => Ok(Arc::new(vendor::Vendor::new(
+            retell::Retell::from_config(config),
+            config,
+        )?)),
+        "vapi" => Ok(Arc::new(vendor::Vendor::new(
+            vapi::Vapi::from_config(config),
+            config,
+        )?)),
+        "bland" => Ok(Arc::new(vendor::Vendor::new(
+            bland::Bland::from_config(config),
+            config,
+        )?)),
         other => Err(ProviderError::Unknown(other.to_owned())),
+    }
+}
+
+/// The vendor's public API, where `AI_CALL_API_URL` is not set.
+pub fn default_api_url(provider: &str) -> Option<&'static str> {
+    match provider {
+        "twilio" => Some(twilio::API_URL),
+        "retell" => Some(retell::API_URL),
+        "vapi" => Some(vapi::API_URL),
+        "bland" => Some(bland::API_URL),
+        _ => None,
     }
 }
 
 /// The provider could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("AI_CALL_PROVIDER `{0}` is not a provider this service speaks (generic)")]
+    #[error("AI_CALL_PROVIDER `{0}` is not a provider this service speaks")]
     Unknown(String),
     #[error("building the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
@@ -83,6 +138,8 @@ pub struct DialRequest {
     pub webhook_url: String,
     /// The attempt may have reached the provider already (see `db::Claimed::resend`).
     pub resend: bool,
+    /// When the attempt was claimed: a call placed for it at the vendor was created after.
+    pub claimed_at: DateTime<Utc>,
 }
 
 impl DialRequest {
@@ -90,6 +147,25 @@ impl DialRequest {
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}", self.call_id, self.attempt)
     }
+
+    /// `{call id}.{attempt}`: the service's reference to the attempt, put where the vendor
+    /// echoes it (the dial's metadata, or its URLs), so that its webhooks and a look-up can
+    /// find the attempt without the vendor's id.
+    pub fn reference(&self) -> String {
+        format!("{}.{}", self.call_id, self.attempt)
+    }
+}
+
+/// The metadata key under which the dial carries [`DialRequest::reference`] to vendors that
+/// echo metadata back; a client's own value under this key is replaced.
+pub const REFERENCE_KEY: &str = "call_orchestrator_ref";
+
+/// Reads a reference `{call id}.{attempt}` back.
+pub fn parse_reference(raw: &str) -> Option<(Uuid, i32)> {
+    let (id, attempt) = raw.split_once('.')?;
+    let id = Uuid::parse_str(id).ok()?;
+    let attempt: i32 = attempt.parse().ok()?;
+    (attempt >= 1).then_some((id, attempt))
 }
 
 /// What a webhook's signature proves.
@@ -111,6 +187,9 @@ pub struct ProviderReport {
     pub status: ProviderStatus,
     pub duration_sec: Option<i32>,
     pub reason: Option<String>,
+    /// The service's reference to the attempt, where the vendor echoes it in the body (the
+    /// dial's metadata): trusted only when the webhook's signature was valid.
+    pub reference: Option<(Uuid, i32)>,
     /// What the webhook said, for the timeline.
     pub body: Value,
 }

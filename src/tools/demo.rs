@@ -17,7 +17,7 @@ use crate::{
     config::{Config, Secret},
     tools::{
         pg::{ClusterOptions, PgCluster, PgError},
-        sim::{OutcomeMix, SimConfig, Simulator},
+        sim::{Dialect, OutcomeMix, SimConfig, Simulator, TWILIO_ACCOUNT_SID},
     },
 };
 
@@ -61,6 +61,10 @@ pub struct DemoArgs {
     /// until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// Which provider's API the service speaks, to the simulator playing it: generic,
+    /// twilio, retell, vapi or bland.
+    #[arg(long, value_enum, default_value_t = Dialect::Generic)]
+    pub provider: Dialect,
     /// Use this PostgreSQL instead of a private cluster.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -90,17 +94,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (Some(cluster), url)
         }
     };
-    let secret = format!(
-        "whsec_{}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            uuid::Uuid::new_v4().as_bytes()
-        )
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .with_context(|| format!("port {} is taken; pick another with --port", args.port))?;
+    let port = listener.local_addr()?.port();
+    let base = format!("http://127.0.0.1:{port}");
+    let random = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        uuid::Uuid::new_v4().as_bytes(),
     );
+    // Each dialect signs as its vendor does: the generic one per Standard Webhooks, Vapi
+    // and Bland with a secret of their own, Twilio and Retell with the key.
+    let secret = match args.provider {
+        Dialect::Generic => Some(format!("whsec_{random}")),
+        Dialect::Vapi | Dialect::Bland => Some(random),
+        Dialect::Twilio | Dialect::Retell => None,
+    };
     let simulator = Simulator::start(SimConfig {
+        dialect: args.provider,
+        // Retell takes its webhook URL from the agent, not from the dial.
+        webhook_url: Some(format!("{base}{}", args.provider.webhook_path())),
         port: 0,
         api_key: "demo-key".into(),
-        webhook_secret: Some(secret.clone()),
+        webhook_secret: secret.clone(),
         seed: args.seed,
         min_duration: args.min_duration,
         max_duration: args.max_duration.max(args.min_duration),
@@ -111,23 +127,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting the provider simulator")?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
-        .await
-        .with_context(|| format!("port {} is taken; pick another with --port", args.port))?;
-    let port = listener.local_addr()?.port();
-    let base = format!("http://127.0.0.1:{port}");
     let config = Config {
         host: "127.0.0.1".into(),
         port,
         database_url: Some(Secret::new(database_url)),
+        ai_call_provider: args.provider.name().into(),
         ai_call_api_url: Some(simulator.url()),
         ai_call_api_key: Some(Secret::new("demo-key")),
+        ai_call_from_number: Some("+15550000000".into()),
+        ai_call_phone_number_id: Some("demo-phone-number".into()),
+        twilio_account_sid: Some(TWILIO_ACCOUNT_SID.into()),
+        twilio_twiml_url: Some(format!("{base}/demo-twiml")),
         webhook_base_url: Some(base.clone()),
-        webhook_secret: Some(Secret::new(secret)),
+        webhook_secret: secret.map(Secret::new),
         max_concurrent_calls: args.cap,
         retry_base_delay: Duration::from_secs(1),
         retry_max_delay: Duration::from_secs(10),
         call_timeout: Duration::from_secs(60) + args.max_duration,
+        reconcile_after: Duration::from_secs(15) + args.max_duration,
         provider_timeout: Duration::from_secs(5),
         db_max_connections: 20,
         ..Config::default()
@@ -141,7 +158,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "Service: API on {base} (Swagger UI at {base}/docs), cap {}",
         args.cap
     );
-    eprintln!("Provider simulator: {}", simulator.url());
+    eprintln!(
+        "Provider simulator ({}): {}",
+        args.provider.name(),
+        simulator.url()
+    );
 
     let client = reqwest::Client::new();
     let outcome = async {

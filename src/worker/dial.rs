@@ -22,6 +22,7 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
         metadata: claimed.call.payload.metadata.clone(),
         webhook_url: worker.webhook_url(&claimed),
         resend: claimed.resend(),
+        claimed_at: claimed.claimed_at,
     };
     let started = std::time::Instant::now();
     let mut outcome = provider.dial(&request, claimed.rescues).await;

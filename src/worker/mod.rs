@@ -27,6 +27,8 @@ pub struct WorkerSettings {
     pub policy: RetryPolicy,
     pub call_timeout: Duration,
     pub provider_timeout: Duration,
+    /// `RECONCILE_AFTER`: when a call whose end has not arrived is looked up.
+    pub reconcile_after: Duration,
     pub webhook_base_url: String,
     /// The safety-net poll; wake-ups normally come by LISTEN/NOTIFY.
     pub poll_interval: Duration,
@@ -41,6 +43,7 @@ impl WorkerSettings {
             policy: config.retry_policy(),
             call_timeout: config.call_timeout,
             provider_timeout: config.provider_timeout,
+            reconcile_after: config.reconcile_after,
             webhook_base_url: config.webhook_base_url.clone().unwrap_or_default(),
             poll_interval: Duration::from_secs(2),
             tokens,

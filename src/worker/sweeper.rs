@@ -1,20 +1,32 @@
 //! The sweeper: expires calls whose final webhook never came, rescues attempts abandoned by
-//! a replica that died while dialing, sends again the attempts whose answer was lost, and
-//! forgets old Idempotency-Keys and webhook receipts. Every replica runs
-//! one; `SKIP LOCKED` and leases keep them from doing the same work twice.
+//! a replica that died while dialing, sends again the attempts whose answer was lost,
+//! reconciles (looks up at the provider) calls whose end has not arrived, and forgets old
+//! Idempotency-Keys and webhook receipts. Every replica runs one; `SKIP LOCKED` and leases
+//! keep them from doing the same work twice.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use futures_util::StreamExt as _;
+
 use super::Worker;
-use crate::db::{self, DbError};
+use crate::{
+    db::{self, DbError},
+    domain::{ProviderStatus, ReportSource, WebhookUpdate, decide::Retry},
+    provider::LookUp,
+};
+
+/// Look-ups at the provider a sweep makes at once.
+const CONCURRENT_LOOK_UPS: usize = 8;
 
 /// What one sweep did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub expired: usize,
     pub rescued: usize,
+    /// Calls looked up at the provider.
+    pub reconciled: usize,
 }
 
 pub struct Sweeper {
@@ -44,10 +56,86 @@ impl Sweeper {
             worker.spawn_dial(claimed)
         });
         futures_util::future::join_all(dials).await;
+        let reconciled = self.reconcile().await?;
         Ok(SweepReport {
             expired: expired.len(),
             rescued,
+            reconciled,
         })
+    }
+
+    /// Looks up at the provider the calls whose end has not arrived for `RECONCILE_AFTER`,
+    /// and applies what it says exactly as its webhook would have been applied (recorded
+    /// `RECONCILED` on the timeline). Only for a provider with a look-up.
+    async fn reconcile(&self) -> Result<usize, DbError> {
+        let worker = &self.worker;
+        if !worker.provider.has_look_up() {
+            return Ok(0);
+        }
+        let due = db::take_reconcilable(&worker.pool, worker.settings.reconcile_after, 100).await?;
+        let count = due.len();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(CONCURRENT_LOOK_UPS, |due| async move {
+                self.reconcile_one(due).await;
+            })
+            .await;
+        Ok(count)
+    }
+
+    #[tracing::instrument(skip_all, fields(call_id = %due.call_id, attempt = due.attempt))]
+    async fn reconcile_one(&self, due: db::Reconcilable) {
+        let worker = &self.worker;
+        let report = match worker.provider.look_up(&due.provider_call_id).await {
+            LookUp::Found(report) => report,
+            LookUp::NotFound => {
+                crate::metrics::reconciled("not_found");
+                tracing::warn!(provider_call_id = %due.provider_call_id, "reconciliation: the provider does not know the call");
+                return;
+            }
+            LookUp::Failed(reason) => {
+                crate::metrics::reconciled("failed");
+                tracing::warn!(
+                    ?reason,
+                    "reconciliation: the look-up failed; trying again later"
+                );
+                return;
+            }
+            LookUp::Unsupported => return,
+        };
+        let ended = report.status.is_final();
+        crate::metrics::reconciled(if ended { "ended" } else { "running" });
+        if !ended && report.status != ProviderStatus::InProgress {
+            // Queued or ringing after RECONCILE_AFTER: nothing worth a timeline entry.
+            return;
+        }
+        let update = WebhookUpdate {
+            provider_call_id: due.provider_call_id.clone(),
+            status: report.status,
+            duration_sec: report.duration_sec,
+            reason: report.reason,
+            reference: Some((due.call_id, due.attempt)),
+            authenticated: true,
+            webhook_id: None,
+            body: report.body,
+            source: ReportSource::LookUp,
+        };
+        let policy = worker.settings.policy;
+        let applied = db::apply_webhook(&worker.pool, &update, || Retry {
+            policy,
+            jitter: fastrand::f64(),
+        })
+        .await;
+        match applied {
+            Ok(outcome) => {
+                if let Some(decision) = outcome.retry {
+                    crate::metrics::retry_decided(decision);
+                }
+                if ended {
+                    tracing::info!(status = report.status.as_str(), ?outcome.effect, "reconciled: the provider says the call ended");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "recording a reconciliation failed"),
+        }
     }
 
     /// Sweeps every so often until `shutdown`; a sweep under way is finished first.

@@ -187,6 +187,8 @@ pub enum EventType {
     Expired,
     Rescued,
     DialUnknown,
+    /// A look-up at the provider found where an attempt stands (reconciliation).
+    Reconciled,
 }
 
 impl From<EventKind> for EventType {
@@ -206,6 +208,7 @@ impl From<EventKind> for EventType {
             EventKind::Expired => Self::Expired,
             EventKind::Rescued => Self::Rescued,
             EventKind::DialUnknown => Self::DialUnknown,
+            EventKind::Reconciled => Self::Reconciled,
         }
     }
 }

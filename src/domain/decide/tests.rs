@@ -6,7 +6,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::{AttemptState, DialOutcome, ProviderStatus, WebhookUpdate};
+use crate::domain::{AttemptState, DialOutcome, ProviderStatus, ReportSource, WebhookUpdate};
 
 const RETRY: Retry = Retry {
     policy: RetryPolicy {
@@ -43,6 +43,7 @@ fn webhook(status: ProviderStatus) -> WebhookUpdate {
         authenticated: true,
         webhook_id: None,
         body: json!({}),
+        source: ReportSource::Webhook,
     }
 }
 
@@ -199,7 +200,7 @@ fn a_webhook_is_routed_by_its_verified_reference_or_its_call_id() {
 fn a_webhook_never_rebinds_an_attempt() {
     let mut known = live(AttemptStatus::Accepted);
     known.provider_call_id = Some("p-other".into());
-    let decision = decide_webhook(&known, &webhook(ProviderStatus::Completed), 0, RETRY);
+    let decision = decide_webhook(&known, &webhook(ProviderStatus::Completed), 0, 0, RETRY);
     assert_eq!(decision.effect, Effect::Unchanged(Unchanged::Mismatch));
 }
 
@@ -208,6 +209,7 @@ fn progress_is_recorded_and_accepts_a_dialing_attempt_within_its_share() {
     let decision = decide_webhook(
         &live(AttemptStatus::Dialing),
         &webhook(ProviderStatus::Ringing),
+        0,
         0,
         RETRY,
     );
@@ -220,6 +222,7 @@ fn progress_is_recorded_and_accepts_a_dialing_attempt_within_its_share() {
         &live(AttemptStatus::Accepted),
         &webhook(ProviderStatus::Ringing),
         MAX_PROGRESS_PER_ATTEMPT - 1,
+        0,
         RETRY,
     );
     assert!(matches!(
@@ -230,6 +233,7 @@ fn progress_is_recorded_and_accepts_a_dialing_attempt_within_its_share() {
         &live(AttemptStatus::Accepted),
         &webhook(ProviderStatus::Ringing),
         MAX_PROGRESS_PER_ATTEMPT,
+        0,
         RETRY,
     );
     assert_eq!(decision.effect, Effect::Unchanged(Unchanged::Duplicate));
@@ -279,7 +283,7 @@ fn final_webhooks_follow_the_table() {
         }),
     ];
     for (state, status, expected) in cases {
-        let decision = decide_webhook(&state, &webhook(status), 0, RETRY);
+        let decision = decide_webhook(&state, &webhook(status), 0, 0, RETRY);
         let settled = settlement(&decision);
         if let Some(to) = settled.call.status() {
             assert!(
@@ -297,7 +301,7 @@ fn final_webhooks_follow_the_table() {
         assert_eq!(settled.entry.kind, EventKind::WebhookReceived);
         assert_eq!(settled.outcome == A::Completed, status == P::Completed);
     }
-    let decision = decide_webhook(&live(A::Accepted), &webhook(P::Busy), 0, RETRY);
+    let decision = decide_webhook(&live(A::Accepted), &webhook(P::Busy), 0, 0, RETRY);
     assert!(retry(&decision));
     assert_eq!(settlement(&decision).error.as_deref(), Some("BUSY"));
     assert!(matches!(decision.retry, Some(RetryDecision::RetryAfter(_))));
@@ -305,6 +309,7 @@ fn final_webhooks_follow_the_table() {
         settlement(&decide_webhook(
             &live(A::Accepted),
             &webhook(P::Completed),
+            0,
             0,
             RETRY
         ))
@@ -318,10 +323,10 @@ fn a_final_webhook_after_one_was_applied_is_a_duplicate_or_a_late_word() {
     let mut settled = state(CallStatus::Completed, 1, 1, AttemptStatus::Completed);
     settled.final_webhook = true;
     settled.provider_call_id = Some("p-1".into());
-    let decision = decide_webhook(&settled, &webhook(ProviderStatus::Completed), 0, RETRY);
+    let decision = decide_webhook(&settled, &webhook(ProviderStatus::Completed), 0, 0, RETRY);
     assert_eq!(decision.effect, Effect::Unchanged(Unchanged::Duplicate));
     settled.call_attempts = 2;
-    let decision = decide_webhook(&settled, &webhook(ProviderStatus::Failed), 0, RETRY);
+    let decision = decide_webhook(&settled, &webhook(ProviderStatus::Failed), 0, 0, RETRY);
     assert!(matches!(decision.effect, Effect::Timeline(_)));
 }
 
@@ -337,4 +342,61 @@ fn a_call_move_says_what_it_did_on_the_timeline() {
     assert_eq!(retry.status(), Some(CallStatus::Pending));
     assert_eq!(CallMove::Stay.entry(1), None);
     assert_eq!(CallMove::Stay.status(), None);
+}
+
+#[test]
+fn a_vendor_concurrency_limit_is_not_an_attempt() {
+    let decision = decide_webhook(
+        &live(AttemptStatus::Accepted),
+        &webhook(ProviderStatus::Throttled),
+        0,
+        0,
+        RETRY,
+    );
+    let settled = settlement(&decision);
+    assert_eq!(settled.outcome, AttemptStatus::RateLimited);
+    assert!(matches!(
+        settled.call,
+        CallMove::Retry { counts: false, .. }
+    ));
+    assert!(settled.final_webhook);
+    assert_eq!(decision.retry, None);
+    // Past MAX_RATE_LIMITED in a row, a failed attempt.
+    let decision = decide_webhook(
+        &live(AttemptStatus::Accepted),
+        &webhook(ProviderStatus::Throttled),
+        0,
+        MAX_RATE_LIMITED,
+        RETRY,
+    );
+    assert_eq!(settlement(&decision).outcome, AttemptStatus::Failed);
+    assert!(matches!(
+        settlement(&decision).call,
+        CallMove::Retry { counts: true, .. }
+    ));
+    // A late word on an attempt that is no longer live: the timeline only.
+    let decision = decide_webhook(
+        &state(CallStatus::InProgress, 2, 1, AttemptStatus::Failed),
+        &webhook(ProviderStatus::Throttled),
+        0,
+        0,
+        RETRY,
+    );
+    assert!(matches!(decision.effect, Effect::Timeline(_)));
+}
+
+#[test]
+fn a_look_up_is_applied_like_its_webhook_and_recorded_as_reconciled() {
+    let mut found = webhook(ProviderStatus::Completed);
+    found.source = ReportSource::LookUp;
+    let decision = decide_webhook(&live(AttemptStatus::Accepted), &found, 0, 0, RETRY);
+    let settled = settlement(&decision);
+    assert_eq!(settled.entry.kind, EventKind::Reconciled);
+    assert!(matches!(settled.call, CallMove::Complete { .. }));
+    found.status = ProviderStatus::InProgress;
+    let decision = decide_webhook(&live(AttemptStatus::Accepted), &found, 0, 0, RETRY);
+    assert!(matches!(
+        decision.effect,
+        Effect::Progress { ref entry, .. } if entry.kind == EventKind::Reconciled
+    ));
 }

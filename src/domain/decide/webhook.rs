@@ -5,11 +5,12 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{
-    CallMove, Decision, Effect, Entry, MAX_PROGRESS_PER_ATTEMPT, Retry, Settlement, Unchanged,
+    CallMove, Decision, Effect, Entry, MAX_PROGRESS_PER_ATTEMPT, MAX_RATE_LIMITED, Retry,
+    Settlement, Unchanged,
 };
 use crate::domain::{
-    AttemptState, AttemptStatus, CallStatus, EventKind, ProviderStatus, RetryDecision,
-    WebhookUpdate,
+    AttemptState, AttemptStatus, CallStatus, EventKind, ProviderStatus, ReportSource,
+    RetryDecision, WebhookUpdate,
 };
 
 /// What a webhook did, as its answer tells the provider.
@@ -82,11 +83,14 @@ pub fn route_webhook(
 }
 
 /// A webhook applied to the attempt it is about. `progress_recorded`: the progress
-/// webhooks already on the attempt's timeline (read for progress webhooks only).
+/// webhooks already on the attempt's timeline (read for progress webhooks only);
+/// `rate_limited_before`: the call's attempts refused for a rate or concurrency limit in a
+/// row (read for `THROTTLED` only).
 pub fn decide_webhook(
     state: &AttemptState,
     update: &WebhookUpdate,
     progress_recorded: u32,
+    rate_limited_before: u32,
     retry: Retry,
 ) -> Decision {
     // Never rebinds an attempt to another provider id.
@@ -99,7 +103,10 @@ pub fn decide_webhook(
         .is_none()
         .then(|| update.provider_call_id.clone());
     let received = Entry::new(
-        EventKind::WebhookReceived,
+        match update.source {
+            ReportSource::Webhook => EventKind::WebhookReceived,
+            ReportSource::LookUp => EventKind::Reconciled,
+        },
         json!({"status": status.as_str(), "body": update.body}),
     );
     if status.is_final() && state.final_webhook {
@@ -122,6 +129,9 @@ pub fn decide_webhook(
             bind_provider_call_id: bind,
             retry: None,
         };
+    }
+    if status == ProviderStatus::Throttled {
+        return throttled(state, received, bind, rate_limited_before, retry);
     }
     let completed = status == ProviderStatus::Completed;
     let reason = match &update.reason {
@@ -173,5 +183,61 @@ pub fn decide_webhook(
         }),
         bind_provider_call_id: bind,
         retry: decided,
+    }
+}
+
+/// The vendor ended the attempt without placing it, for its own concurrency limit: like a
+/// 429, not an attempt; the call waits and dials the same attempt number again (after
+/// [`MAX_RATE_LIMITED`] in a row, it counts as a failed attempt). Only for the call's
+/// live attempt; a late word on an earlier one is recorded only.
+fn throttled(
+    state: &AttemptState,
+    received: Entry,
+    bind: Option<String>,
+    rate_limited_before: u32,
+    retry: Retry,
+) -> Decision {
+    let live = state.is_live() && state.status.is_open();
+    if !live {
+        return Decision {
+            effect: Effect::Timeline(received),
+            bind_provider_call_id: bind,
+            retry: None,
+        };
+    }
+    let reason = "the provider's concurrency limit was reached; the call was not placed";
+    if rate_limited_before + 1 >= MAX_RATE_LIMITED {
+        let reason = format!("{reason} ({MAX_RATE_LIMITED} times in a row)");
+        let decision = retry
+            .policy
+            .after_failure(state.attempt as u32, None, retry.jitter);
+        return Decision {
+            effect: Effect::Settle(Settlement {
+                outcome: AttemptStatus::Failed,
+                error: Some(reason.clone()),
+                entry: received,
+                call: CallMove::after_failure(&reason, decision),
+                final_webhook: true,
+            }),
+            bind_provider_call_id: bind,
+            retry: Some(decision),
+        };
+    }
+    let delay = retry
+        .policy
+        .after_rate_limit(rate_limited_before + 1, None, retry.jitter);
+    Decision {
+        effect: Effect::Settle(Settlement {
+            outcome: AttemptStatus::RateLimited,
+            error: Some(reason.to_owned()),
+            entry: received,
+            call: CallMove::Retry {
+                delay,
+                counts: false,
+            },
+            final_webhook: true,
+        }),
+        bind_provider_call_id: bind,
+        retry: None,
     }
 }

@@ -8,7 +8,7 @@ mod webhook;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use poem::http::HeaderMap;
+use poem::http::{HeaderMap, Uri};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -22,7 +22,7 @@ use crate::{
     domain::DialOutcome,
 };
 
-pub use webhook::GenericWebhook;
+pub use webhook::WebhookPayload;
 
 /// How many times a request whose outcome is unknown is sent again, with the same
 /// `Idempotency-Key`, before the dialer leaves the attempt open for a later resend.
@@ -172,7 +172,7 @@ impl CallProvider for GenericProvider {
         Box::pin(self.send_until_known(request, rescues))
     }
 
-    fn verify_webhook(&self, headers: &HeaderMap, body: &[u8]) -> Verification {
+    fn verify_webhook(&self, _uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Verification {
         if self.verifiers.is_empty() {
             return Verification::Unsigned;
         }
@@ -194,6 +194,14 @@ impl CallProvider for GenericProvider {
 
     fn read_webhook(&self, body: &[u8]) -> Result<ProviderReport, WebhookError> {
         webhook::read(body)
+    }
+
+    fn webhook_proof(&self) -> &'static str {
+        if self.verifiers.is_empty() {
+            "the token of each attempt's webhook URL"
+        } else {
+            "Standard Webhooks signatures (WEBHOOK_SECRET)"
+        }
     }
 }
 

@@ -3,14 +3,7 @@
 //! documented in the OpenAPI document as this schema.
 
 use chrono::DateTime;
-use poem::{FromRequest, Request, RequestBody};
-use poem_openapi::{
-    ApiExtractor, ApiExtractorType, Enum, ExtractParamOptions, Object,
-    error::ContentTypeError,
-    payload::{Json, Payload as _},
-    registry::{MetaMediaType, MetaRequest, Registry},
-    types::{ParseFromJSON as _, Type as _},
-};
+use poem_openapi::{Enum, Object, types::ParseFromJSON as _};
 
 use crate::{
     api::models::Text,
@@ -125,50 +118,7 @@ pub(super) fn read(body: &[u8]) -> Result<ProviderReport, WebhookError> {
         status,
         duration_sec,
         reason,
+        reference: None,
         body: echo,
     })
-}
-
-/// The body of the generic webhook route: the raw bytes, for the provider to verify and
-/// read, documented (and content-type checked) as a JSON [`WebhookPayload`].
-pub struct GenericWebhook(pub Vec<u8>);
-
-type Documented = Json<WebhookPayload>;
-
-impl<'a> ApiExtractor<'a> for GenericWebhook {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
-    type ParamType = ();
-    type ParamRawType = ();
-
-    fn register(registry: &mut Registry) {
-        WebhookPayload::register(registry);
-    }
-
-    fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: None,
-            content: vec![MetaMediaType {
-                content_type: Documented::CONTENT_TYPE,
-                schema: Documented::schema_ref(),
-            }],
-            required: WebhookPayload::IS_REQUIRED,
-        })
-    }
-
-    async fn from_request(
-        request: &'a Request,
-        body: &mut RequestBody,
-        _param_opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        match request.content_type() {
-            Some(content_type) if Documented::check_content_type(content_type) => Ok(Self(
-                <Vec<u8> as FromRequest>::from_request(request, body).await?,
-            )),
-            Some(content_type) => Err(ContentTypeError::NotSupported {
-                content_type: content_type.to_string(),
-            }
-            .into()),
-            None => Err(ContentTypeError::ExpectContentType.into()),
-        }
-    }
 }

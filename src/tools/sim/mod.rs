@@ -7,13 +7,15 @@
 //! outcome mix, signs webhooks per Standard Webhooks when given a secret, and keeps count:
 //! calls received, active now, the peak at once and per number, idempotent repeats.
 
+mod dialect;
 mod server;
 
 use std::time::Duration;
 
 use clap::Args;
 
-pub use server::{Latency, Simulator, Status};
+pub use dialect::{Dialect, SimCall, Stage, TWILIO_ACCOUNT_SID};
+pub use server::{Latency, RecordedDial, Simulator, Status};
 
 /// The share of calls ending in each final status, as `completed=70,busy=10,…`.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,13 +127,26 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 /// Everything the simulator can be told, as flags or environment variables.
 #[derive(Args, Clone, Debug)]
 pub struct SimConfig {
+    /// Which provider's API to play: the generic protocol, or a vendor's.
+    #[arg(long, env = "SIM_DIALECT", value_enum, default_value_t = Dialect::Generic)]
+    pub dialect: Dialect,
+    /// Where webhooks go when the dial does not say (Retell takes its webhook URL from the
+    /// agent: the service's `{WEBHOOK_BASE_URL}/api/v1/callbacks/retell`).
+    #[arg(long, env = "SIM_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The vendor's own limit on calls at once (0: none): Twilio and Bland answer a dial
+    /// past it 429; Retell and Vapi take it and end it unplaced with their concurrency reason.
+    #[arg(long, env = "SIM_VENDOR_CONCURRENCY", default_value_t = 0)]
+    pub vendor_concurrency: usize,
     /// Address to listen on.
     #[arg(long, env = "SIM_HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0: any free port).
     #[arg(long, env = "SIM_PORT", default_value_t = 4000)]
     pub port: u16,
-    /// The bearer key callers must send (the service's AI_CALL_API_KEY).
+    /// The key callers must send (the service's AI_CALL_API_KEY): the bearer key, Twilio's
+    /// auth token (with the account `AC000…0`), Bland's `authorization`. Twilio and Retell
+    /// sign their webhooks with it.
     #[arg(
         long,
         env = "SIM_API_KEY",
@@ -139,7 +154,8 @@ pub struct SimConfig {
         hide_env_values = true
     )]
     pub api_key: String,
-    /// When set (`whsec_…`), webhooks are signed per Standard Webhooks.
+    /// When set, webhooks are signed with it: per Standard Webhooks (`whsec_…`) for the
+    /// generic dialect, as Vapi and Bland sign for theirs.
     #[arg(long, env = "SIM_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
     /// Seed of the random draws, for repeatable runs.
@@ -216,6 +232,9 @@ impl SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         Self {
+            dialect: Dialect::Generic,
+            webhook_url: None,
+            vendor_concurrency: 0,
             host: "127.0.0.1".into(),
             port: 0,
             api_key: "sim-key".into(),
@@ -245,9 +264,17 @@ impl SimConfig {
         if self.max_duration < self.min_duration {
             return Err("--max-duration must not be shorter than --min-duration".into());
         }
-        if let Some(secret) = &self.webhook_secret {
+        if let Some(secret) = &self.webhook_secret
+            && self.dialect == Dialect::Generic
+        {
             crate::domain::webhook_secret_bytes(secret)
                 .map_err(|problem| format!("--webhook-secret {problem}"))?;
+        }
+        if self.webhook_secret.as_deref() == Some("") {
+            return Err("--webhook-secret must not be empty".into());
+        }
+        if let Some(url) = &self.webhook_url {
+            reqwest::Url::parse(url).map_err(|err| format!("--webhook-url: {err}"))?;
         }
         if self.api_key.is_empty() {
             return Err("--api-key must not be empty".into());

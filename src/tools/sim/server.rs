@@ -7,20 +7,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use poem::{
-    EndpointExt, Request, Response, Route, Server, get, handler,
-    http::StatusCode,
-    listener::TcpAcceptor,
-    post,
-    web::{Data, Json},
-};
+use poem::{EndpointExt, Server, http::StatusCode, listener::TcpAcceptor};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Faults, SimConfig};
+use super::{
+    Faults, SimConfig,
+    dialect::{DialIn, Dialect, SimCall, Stage},
+};
 
 mod calls;
+mod routes;
 
 /// Latency figures, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -42,12 +40,19 @@ pub struct Status {
     pub placed: u64,
     /// Requests that repeated a key already placed: answered with its callId, no new call.
     pub idempotent_repeats: u64,
+    /// Dials of a vendor without idempotency keys that repeated an attempt's reference:
+    /// each placed a second call to a person (above 0 is a service bug).
+    pub duplicate_placements: u64,
+    /// Look-ups and listings of calls answered.
+    pub look_ups: u64,
     pub unauthorized: u64,
     pub invalid: u64,
     /// 503s answered on purpose.
     pub errors_injected: u64,
-    /// 429s answered on purpose.
+    /// 429s answered on purpose (or for `--vendor-concurrency`).
     pub rate_limited: u64,
+    /// Dials Retell or Vapi took but ended at once for `--vendor-concurrency`.
+    pub throttled: u64,
     pub slow_answers: u64,
     pub active_now: usize,
     /// Most calls active at once.
@@ -77,6 +82,10 @@ struct State {
     next_id: u64,
     by_key: HashMap<String, String>,
     active: HashMap<String, String>,
+    /// Every call placed, by id, for the vendors' look-ups.
+    calls: HashMap<String, SimCall>,
+    /// The last dial requests received, for the tests to read.
+    dials: VecDeque<RecordedDial>,
     per_number: HashMap<String, usize>,
     status: Status,
     /// When final webhooks were sent and acknowledged, oldest first, each waiting for the
@@ -96,6 +105,17 @@ pub struct Simulator {
     address: SocketAddr,
     shutdown: CancellationToken,
 }
+
+/// A dial request as received.
+#[derive(Clone, Debug)]
+pub struct RecordedDial {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// How many dial requests [`Simulator::dials`] keeps.
+const RECORDED_DIALS: usize = 200;
 
 /// What happens to one call's webhooks.
 #[derive(Clone, Copy, Debug)]
@@ -119,8 +139,10 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
         let address = listener.local_addr()?;
         let signer = match &config.webhook_secret {
-            Some(secret) => Some(Arc::new(standardwebhooks::Webhook::new(secret)?)),
-            None => None,
+            Some(secret) if config.dialect == Dialect::Generic => {
+                Some(Arc::new(standardwebhooks::Webhook::new(secret)?))
+            }
+            _ => None,
         };
         let simulator = Self {
             state: Arc::new(Mutex::new(State {
@@ -129,6 +151,8 @@ impl Simulator {
                 next_id: 0,
                 by_key: HashMap::new(),
                 active: HashMap::new(),
+                calls: HashMap::new(),
+                dials: VecDeque::new(),
                 per_number: HashMap::new(),
                 status: Status::default(),
                 acks: VecDeque::new(),
@@ -143,11 +167,7 @@ impl Simulator {
             address,
             shutdown: CancellationToken::new(),
         };
-        let app = Route::new()
-            .at("/v1/calls", post(create_call))
-            .at("/status", get(status_route))
-            .at("/health", get(health))
-            .data(simulator.clone());
+        let app = routes::app(simulator.config.dialect).data(simulator.clone());
         let acceptor = TcpAcceptor::from_tokio(listener)?;
         let stop = simulator.shutdown.clone();
         tokio::spawn(async move {
@@ -162,9 +182,42 @@ impl Simulator {
         Ok(simulator)
     }
 
-    /// The create-call endpoint: the service's `AI_CALL_API_URL`.
+    /// What the service's `AI_CALL_API_URL` is set to: the create-call endpoint of the
+    /// generic dialect, the API's base URL of a vendor's.
     pub fn url(&self) -> String {
-        format!("http://{}/v1/calls", self.address)
+        match self.config.dialect {
+            Dialect::Generic => format!("http://{}/v1/calls", self.address),
+            _ => format!("http://{}", self.address),
+        }
+    }
+
+    /// The dialect it speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.config.dialect
+    }
+
+    /// The last dial requests received (at most 200), oldest first.
+    pub fn dials(&self) -> Vec<RecordedDial> {
+        let state = self.state.lock().expect("simulator state");
+        state.dials.iter().cloned().collect()
+    }
+
+    /// A call placed, as the vendor's look-up would answer it.
+    pub fn call(&self, id: &str) -> Option<SimCall> {
+        self.state
+            .lock()
+            .expect("simulator state")
+            .calls
+            .get(id)
+            .cloned()
+    }
+
+    fn record(&self, dial: RecordedDial) {
+        let mut state = self.state.lock().expect("simulator state");
+        if state.dials.len() == RECORDED_DIALS {
+            state.dials.pop_front();
+        }
+        state.dials.push_back(dial);
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -195,12 +248,23 @@ impl Simulator {
         self.shutdown.cancel();
     }
 
-    fn answer(&self, key: &str, number: &str, webhook_url: &str) -> (Answer, Option<Duration>) {
+    fn answer(&self, dial: DialIn) -> (Answer, Option<Duration>) {
+        let DialIn {
+            number,
+            key,
+            webhook_url,
+            metadata,
+        } = dial;
+        let (key, number) = (key.as_str(), number.as_str());
+        let dialect = self.config.dialect;
         let mut state = self.state.lock().expect("simulator state");
-        if let Some(id) = state.by_key.get(key).cloned() {
-            state.status.idempotent_repeats += 1;
-            return (Answer::Accepted(id), None);
-        }
+        let repeat = match state.by_key.get(key).cloned() {
+            Some(id) if dialect.idempotent() => {
+                state.status.idempotent_repeats += 1;
+                return (Answer::Accepted(id), None);
+            }
+            other => other.is_some(),
+        };
         let config = &self.config;
         let faults = state.faults;
         let draw = state.rng.f64();
@@ -209,7 +273,7 @@ impl Simulator {
             return (
                 Answer::Refused(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": "simulated outage"}),
+                    dialect.refusal(StatusCode::SERVICE_UNAVAILABLE, "simulated outage"),
                     None,
                 ),
                 None,
@@ -220,8 +284,23 @@ impl Simulator {
             return (
                 Answer::Refused(
                     StatusCode::TOO_MANY_REQUESTS,
-                    json!({"error": "slow down"}),
+                    dialect.refusal(StatusCode::TOO_MANY_REQUESTS, "slow down"),
                     Some(config.retry_after),
+                ),
+                None,
+            );
+        }
+        // The vendor's own limit on calls at once: Twilio and Bland refuse the dial (429);
+        // Retell and Vapi take it and end it at once, unplaced, with their reason for it.
+        let at_limit =
+            config.vendor_concurrency > 0 && state.active.len() >= config.vendor_concurrency;
+        if at_limit && matches!(dialect, Dialect::Generic | Dialect::Twilio | Dialect::Bland) {
+            state.status.rate_limited += 1;
+            return (
+                Answer::Refused(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    dialect.refusal(StatusCode::TOO_MANY_REQUESTS, "concurrency limit reached"),
+                    None,
                 ),
                 None,
             );
@@ -230,9 +309,43 @@ impl Simulator {
         if slow {
             state.status.slow_answers += 1;
         }
+        if repeat {
+            // A vendor without idempotency keys places the same attempt again: a person
+            // dialed twice.
+            state.status.duplicate_placements += 1;
+        }
         state.next_id += 1;
-        let id = format!("sim-{}", state.next_id);
+        let id = dialect.new_id(state.next_id);
         state.by_key.insert(key.to_owned(), id.clone());
+        state.calls.insert(
+            id.clone(),
+            SimCall {
+                id: id.clone(),
+                number: number.to_owned(),
+                reference: (!dialect.idempotent()).then(|| key.to_owned()),
+                metadata,
+                created_at: chrono::Utc::now(),
+                stage: Stage::Queued,
+            },
+        );
+        if at_limit {
+            state.status.throttled += 1;
+            drop(state);
+            let (simulator, call_id) = (self.clone(), id.clone());
+            let url = webhook_url.or_else(|| self.config.webhook_url.clone());
+            let quirks = Quirks {
+                lose: false,
+                twice: false,
+                late: false,
+                out_of_order: true,
+            };
+            tokio::spawn(async move {
+                simulator
+                    .play(call_id, url, Duration::ZERO, "THROTTLED", quirks)
+                    .await
+            });
+            return (Answer::Accepted(id), None);
+        }
         state.status.placed += 1;
         if state.per_number.contains_key(number) && state.status.overlaps.len() < 20 {
             let others: Vec<String> = state
@@ -276,7 +389,8 @@ impl Simulator {
         };
         drop(state);
         let simulator = self.clone();
-        let (call_id, url) = (id.clone(), webhook_url.to_owned());
+        let call_id = id.clone();
+        let url = webhook_url.or_else(|| self.config.webhook_url.clone());
         tokio::spawn(async move {
             simulator
                 .play(call_id, url, duration, outcome, quirks)
@@ -299,84 +413,4 @@ fn percentiles(samples: &[f64]) -> Latency {
         p95: at(0.95),
         p99: at(0.99),
     }
-}
-
-fn refuse(status: StatusCode, message: &str) -> Response {
-    Response::builder()
-        .status(status)
-        .content_type("application/json")
-        .body(json!({"error": message}).to_string())
-}
-
-#[handler]
-async fn create_call(req: &Request, body: poem::Body, sim: Data<&Simulator>) -> Response {
-    let sim = sim.0;
-    let authorized = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|key| key == sim.config.api_key);
-    {
-        let mut state = sim.state.lock().expect("simulator state");
-        state.status.received += 1;
-        if !authorized {
-            state.status.unauthorized += 1;
-            return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer key");
-        }
-    }
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let parsed: Option<Value> = body
-        .into_bytes_limit(1024 * 1024)
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let fields = parsed.as_ref().and_then(|body| {
-        Some((
-            body.get("to")?.as_str()?.to_owned(),
-            body.get("scriptId")?.as_str()?.to_owned(),
-            body.get("webhookUrl")?.as_str()?.to_owned(),
-        ))
-    });
-    let Some((to, _script, webhook_url)) = fields.filter(|_| !key.is_empty()) else {
-        sim.state.lock().expect("simulator state").status.invalid += 1;
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "expected Idempotency-Key and a JSON body with to, scriptId, webhookUrl",
-        );
-    };
-    let (answer, pause) = sim.answer(&key, &to, &webhook_url);
-    if let Some(pause) = pause {
-        tokio::time::sleep(pause).await;
-    }
-    match answer {
-        Answer::Accepted(id) => Response::builder()
-            .status(StatusCode::ACCEPTED)
-            .content_type("application/json")
-            .body(json!({"callId": id}).to_string()),
-        Answer::Refused(status, body, retry_after) => {
-            let mut response = Response::builder()
-                .status(status)
-                .content_type("application/json");
-            if let Some(after) = retry_after {
-                response = response.header("retry-after", after.to_string());
-            }
-            response.body(body.to_string())
-        }
-    }
-}
-
-#[handler]
-fn status_route(sim: Data<&Simulator>) -> Json<Status> {
-    Json(sim.0.status())
-}
-
-#[handler]
-fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
 }
