@@ -41,6 +41,9 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
         ("RUST_LOG", "[[["),
         ("AI_CALL_API_KEY", " "),
         ("AI_CALL_PROVIDER", "twillio"),
+        ("AI_CALL_FROM_NUMBER", "5550100"),
+        ("TWILIO_TWIML_URL", "twiml"),
+        ("RECONCILE_AFTER", "0s"),
     ] {
         assert_config_error(command(&["migrate"]).env(variable, value), variable);
     }
@@ -57,6 +60,55 @@ fn serve_and_worker_need_the_provider_settings() {
             "WEBHOOK_BASE_URL",
         );
     }
+}
+
+#[test]
+fn each_vendor_needs_its_own_settings() {
+    let base = |provider: &str| {
+        let mut command = command(&["worker"]);
+        command
+            .env("AI_CALL_PROVIDER", provider)
+            .env("AI_CALL_API_KEY", "k")
+            .env("WEBHOOK_BASE_URL", "https://calls.example.com");
+        command
+    };
+    // The vendor's public API is the default AI_CALL_API_URL; its own settings are not.
+    assert_config_error(&mut base("twilio"), "TWILIO_ACCOUNT_SID");
+    assert_config_error(
+        base("twilio").env("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        "TWILIO_TWIML_URL",
+    );
+    assert_config_error(
+        base("twilio")
+            .env("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef")
+            .env("TWILIO_TWIML_URL", "https://flows.example.com/twiml"),
+        "AI_CALL_FROM_NUMBER",
+    );
+    assert_config_error(
+        base("twilio").env("TWILIO_ACCOUNT_SID", "SK0123"),
+        "TWILIO_ACCOUNT_SID",
+    );
+    assert_config_error(&mut base("retell"), "AI_CALL_FROM_NUMBER");
+    assert_config_error(&mut base("vapi"), "AI_CALL_PHONE_NUMBER_ID");
+    // Bland needs nothing more, and takes its vendor's secret as it stands (no whsec_).
+    // (It goes on to wait for its database, which is not there: stopped after a while.)
+    let mut child = base("bland")
+        .env("WEBHOOK_SECRET", "bland-signing-secret")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://nobody@127.0.0.1:{}/none", free_port()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(exited.is_none_or(|s| s.code() != Some(2)), "{stderr}");
+    assert!(!stderr.contains("configuration error"), "{stderr}");
 }
 
 #[test]

@@ -7,47 +7,9 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use common::TestApp;
-
-/// The virtualenv, made if it does not exist yet; `Err` says why it could not be.
-fn venv() -> Result<PathBuf, String> {
-    let venv = match std::env::var_os("PY_CLIENTS_VENV") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
-            PathBuf::from(home).join(".cache/call-orchestrator/pyclients")
-        }
-    };
-    let ready = |venv: &PathBuf| {
-        venv.join("bin/openapi-python-client").is_file() && venv.join("bin/schemathesis").is_file()
-    };
-    if ready(&venv) {
-        return Ok(venv);
-    }
-    eprintln!("making the virtualenv {} (once)", venv.display());
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .map_err(|err| format!("python3 -m venv: {err}"))?;
-    if !made.success() {
-        return Err("python3 -m venv failed (is python3-venv installed?)".into());
-    }
-    let installed = Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "-r"])
-        .arg(format!(
-            "{}/tests/clients/requirements.txt",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .status()
-        .map_err(|err| format!("pip: {err}"))?;
-    if !installed.success() || !ready(&venv) {
-        return Err("pip install -r tests/clients/requirements.txt failed".into());
-    }
-    Ok(venv)
-}
 
 async fn run(mut command: Command) -> (bool, String) {
     let output = tokio::task::spawn_blocking(move || command.output().unwrap())

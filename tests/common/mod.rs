@@ -7,7 +7,7 @@
 pub mod pg;
 pub mod provider;
 
-use std::{sync::Once, time::Duration};
+use std::{path::PathBuf, process::Command, sync::Once, time::Duration};
 
 use call_orchestrator::{
     app,
@@ -389,4 +389,54 @@ pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code
         .to_owned();
     assert!(!message.is_empty(), "an error needs a message: {body}");
     message
+}
+
+/// The virtualenv of the Python tools the tests use (tests/clients/requirements.txt:
+/// openapi-python-client, schemathesis and the vendors' SDKs), made if it does not exist
+/// yet; `Err` says why it could not be.
+pub fn python_venv() -> Result<PathBuf, String> {
+    let venv = match std::env::var_os("PY_CLIENTS_VENV") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let home = std::env::var_os("HOME").ok_or("HOME is not set")?;
+            PathBuf::from(home).join(".cache/call-orchestrator/pyclients")
+        }
+    };
+    let ready = |venv: &PathBuf| {
+        venv.join("bin/openapi-python-client").is_file()
+            && venv.join("bin/schemathesis").is_file()
+            && Command::new(venv.join("bin/python"))
+                .args([
+                    "-c",
+                    "import twilio.request_validator, retell.lib.webhook_auth",
+                ])
+                .output()
+                .is_ok_and(|out| out.status.success())
+    };
+    if ready(&venv) {
+        return Ok(venv);
+    }
+    eprintln!("making the virtualenv {} (once)", venv.display());
+    if !venv.join("bin/pip").is_file() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .map_err(|err| format!("python3 -m venv: {err}"))?;
+        if !made.success() {
+            return Err("python3 -m venv failed (is python3-venv installed?)".into());
+        }
+    }
+    let installed = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "-r"])
+        .arg(format!(
+            "{}/tests/clients/requirements.txt",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .status()
+        .map_err(|err| format!("pip: {err}"))?;
+    if !installed.success() || !ready(&venv) {
+        return Err("pip install -r tests/clients/requirements.txt failed".into());
+    }
+    Ok(venv)
 }
