@@ -90,10 +90,12 @@ fn each_vendor_needs_its_own_settings() {
     );
     assert_config_error(&mut base("retell"), "AI_CALL_FROM_NUMBER");
     assert_config_error(&mut base("vapi"), "AI_CALL_PHONE_NUMBER_ID");
-    // Bland needs nothing more, and takes its vendor's secret as it stands (no whsec_).
+    // Bland needs nothing more, and takes its vendor's secret as it stands (no whsec_);
+    // a caller ID in the environment keeps its `+` (figment alone reads it as a number).
     // (It goes on to wait for its database, which is not there: stopped after a while.)
     let mut child = base("bland")
         .env("WEBHOOK_SECRET", "bland-signing-secret")
+        .env("AI_CALL_FROM_NUMBER", "+15550000000")
         .env(
             "DATABASE_URL",
             format!("postgres://nobody@127.0.0.1:{}/none", free_port()),

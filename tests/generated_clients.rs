@@ -29,7 +29,7 @@ async fn a_generated_python_client_and_schemathesis_agree_with_the_server() {
         eprintln!("skipped, as SKIP_GENERATED_CLIENTS=1 asks");
         return;
     }
-    let venv = tokio::task::spawn_blocking(venv)
+    let venv = tokio::task::spawn_blocking(common::python_venv)
         .await
         .unwrap()
         .unwrap_or_else(|why| {

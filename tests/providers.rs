@@ -419,7 +419,9 @@ async fn a_dial_whose_answer_is_lost_is_looked_up_never_sent_again() {
         )
         .await;
         let id = vendor.create("+14155550100", json!({})).await;
-        let calls = vendor.finals(&[id.clone()], Duration::from_secs(30)).await;
+        let calls = vendor
+            .finals(std::slice::from_ref(&id), Duration::from_secs(30))
+            .await;
         let status = vendor.sim.status();
         let what = format!("{}: {status:?} {:?}", dialect.name(), calls[0]);
         assert_eq!(status.received, 1, "the dial was sent again: {what}");
@@ -838,7 +840,9 @@ async fn a_signed_webhook_that_beats_the_vendors_answer_finds_its_attempt_by_the
     )
     .await;
     let id = vendor.create("+14155550100", json!({})).await;
-    let calls = vendor.finals(&[id.clone()], Duration::from_secs(20)).await;
+    let calls = vendor
+        .finals(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
     assert_eq!(calls[0]["status"], "COMPLETED", "{}", calls[0]);
     let status = vendor.sim.status();
     assert_eq!((status.received, status.placed), (1, 1), "{status:?}");

@@ -57,6 +57,21 @@ pub const KEYS: &[&str] = &[
     "RUST_LOG",
 ];
 
+/// The settings that are text whatever they look like (see [`Config::load`]).
+const VERBATIM: &[&str] = &[
+    "DATABASE_URL",
+    "DB_HOST",
+    "DB_USERNAME",
+    "DB_PASSWORD",
+    "DB_DATABASE",
+    "AI_CALL_API_KEY",
+    "WEBHOOK_SECRET",
+    "API_KEYS",
+    "AI_CALL_FROM_NUMBER",
+    "AI_CALL_PHONE_NUMBER_ID",
+    "TWILIO_ACCOUNT_SID",
+];
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -201,7 +216,16 @@ pub enum Needs {
 impl Config {
     /// Loads defaults, then `file` (TOML) if given, then the process environment.
     pub fn load(file: Option<&std::path::Path>, needs: Needs) -> Result<Self, ConfigError> {
-        Self::from_figment(Self::figment(file, Env::raw().only(KEYS)), needs)
+        let mut figment = Self::figment(file, Env::raw().only(KEYS));
+        // figment reads `+15550100` or `007` in the environment as numbers, which would
+        // lose the `+` of a phone number and the zeros of a password: the settings that
+        // are text are taken as the environment holds them.
+        for key in VERBATIM {
+            if let Some(value) = std::env::var_os(key).and_then(|v| v.into_string().ok()) {
+                figment = figment.merge(Serialized::default(&key.to_lowercase(), value));
+            }
+        }
+        Self::from_figment(figment, needs)
     }
 
     /// The layered sources, for [`Config::load`] and for tests that bring their own environment.

@@ -22,6 +22,9 @@ pub struct Claimed {
     pub due_at: Option<DateTime<Utc>>,
     /// When the attempt was claimed: a call placed for it was created after this.
     pub claimed_at: DateTime<Utc>,
+    /// For a rescue: the provider's ids of other attempts to the same number (claimed in the
+    /// ten minutes before this one), which a look-up must not take for this attempt's.
+    pub known_provider_ids: Vec<String>,
     /// How often the attempt was taken over since it was claimed: from 1, the attempt may
     /// have reached the provider already (its dialer died, or its answer was lost), so every
     /// send of it is a resend, and only a clear answer settles it.
@@ -80,6 +83,7 @@ pub async fn claim(
                             call,
                             due_at: Some(row.due_at),
                             claimed_at: Utc::now(),
+                            known_provider_ids: Vec::new(),
                             rescues: 0,
                         }
                     })

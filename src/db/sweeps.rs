@@ -30,11 +30,19 @@ pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claime
     .await?;
     let mut claimed = Vec::with_capacity(taken.len());
     for (call_id, attempt, rescues, claimed_at) in taken {
+        let call = super::get_call(pool, call_id).await?;
+        let known_provider_ids: Vec<String> =
+            sqlx::query_scalar(include_str!("../../sql/queries/known_provider_ids.sql"))
+                .bind(call.payload.to.as_str())
+                .bind(claimed_at - chrono::Duration::minutes(10))
+                .fetch_all(pool)
+                .await?;
         claimed.push(Claimed {
-            call: super::get_call(pool, call_id).await?,
+            call,
             attempt,
             due_at: None,
             claimed_at,
+            known_provider_ids,
             rescues: rescues.max(1) as u32,
         });
     }

@@ -140,6 +140,9 @@ pub struct DialRequest {
     pub resend: bool,
     /// When the attempt was claimed: a call placed for it at the vendor was created after.
     pub claimed_at: DateTime<Utc>,
+    /// The provider's ids of other attempts to the same number (for a rescue): a look-up
+    /// never takes one of them for this attempt's call.
+    pub known_provider_ids: Vec<String>,
 }
 
 impl DialRequest {

@@ -266,8 +266,8 @@ impl Dialect for Twilio {
     }
 
     /// Twilio keeps no metadata: the attempt's call is the first one created to its number
-    /// since the attempt was claimed (the service never has two calls to one number in
-    /// progress at once).
+    /// since the attempt was claimed (10 s of clock margin) that is no other attempt's (the
+    /// service never has two calls to one number in progress at once).
     fn identify(
         &self,
         request: &DialRequest,
@@ -279,6 +279,10 @@ impl Dialect for Twilio {
             .iter()
             .filter(|call| text(call, "to") == Some(request.to.as_str()))
             .filter(|call| text(call, "direction").is_none_or(|d| d == "outbound-api"))
+            .filter(|call| {
+                text(call, "sid")
+                    .is_some_and(|sid| !request.known_provider_ids.iter().any(|k| k == sid))
+            })
             .filter_map(|call| {
                 let created = DateTime::parse_from_rfc2822(text(call, "date_created")?).ok()?;
                 let sid = text(call, "sid")?.to_owned();

@@ -298,6 +298,9 @@ impl<D: Dialect> Vendor<D> {
             }
         };
         match found {
+            Some(id) if request.known_provider_ids.contains(&id) => {
+                still_unknown("the only call found is another attempt's".into())
+            }
             Some(id) if is_provider_call_id(&id) => {
                 tracing::info!(provider_call_id = %id, "the lost dial was placed; its call found");
                 DialOutcome::Accepted {

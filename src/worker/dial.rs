@@ -23,6 +23,7 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
         webhook_url: worker.webhook_url(&claimed),
         resend: claimed.resend(),
         claimed_at: claimed.claimed_at,
+        known_provider_ids: claimed.known_provider_ids.clone(),
     };
     let started = std::time::Instant::now();
     let mut outcome = provider.dial(&request, claimed.rescues).await;
