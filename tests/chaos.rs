@@ -180,6 +180,7 @@ async fn diagnose(cluster: &Cluster) {
 
 fn healthy_faults() -> Faults {
     Faults {
+        lose_dial_rate: 0.0,
         error_rate: 0.02,
         rate_limit_rate: 0.02,
         slow_rate: 0.05,
@@ -287,6 +288,7 @@ async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: us
     // 2. The provider goes down for a while: 5xx, timeouts, 429s; then recovers.
     until_ended(cluster, target, ended_share(0.3)).await;
     cluster.sim.set_faults(Faults {
+        lose_dial_rate: 0.0,
         error_rate: 0.4,
         rate_limit_rate: 0.3,
         slow_rate: 0.3,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use call_orchestrator::{
     config::{Config, Secret},
-    tools::sim::{Dialect, OutcomeMix, SimConfig, Simulator, Stage, TWILIO_ACCOUNT_SID},
+    tools::sim::{Dialect, Faults, OutcomeMix, SimConfig, Simulator, Stage, TWILIO_ACCOUNT_SID},
 };
 use common::TestApp;
 use hmac::{Hmac, KeyInit, Mac};
@@ -438,6 +438,51 @@ async fn a_dial_whose_answer_is_lost_is_looked_up_never_sent_again() {
             "{what}: {events:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_lost_dial_the_vendor_never_placed_is_a_failed_attempt_after_its_look_ups() {
+    // The first dial is swallowed: never placed, never answered. The look-ups find nothing
+    // (three rescues, more than half a minute), so the attempt failed and the next one
+    // places the call, once.
+    let vendor = start(
+        Dialect::Bland,
+        |s| s.lose_dial_rate = 1.0,
+        |c| {
+            c.provider_timeout = Duration::from_millis(300);
+            c.call_timeout = Duration::from_secs(120);
+        },
+    )
+    .await;
+    let id = vendor.create("+14155550100", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vendor.sim.status().dials_lost == 0 {
+        assert!(Instant::now() < deadline, "{:?}", vendor.sim.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    vendor.sim.set_faults(Faults {
+        lose_dial_rate: 0.0,
+        ..SimConfig::default().faults()
+    });
+    let calls = vendor
+        .finals(std::slice::from_ref(&id), Duration::from_secs(90))
+        .await;
+    let status = vendor.sim.status();
+    assert_eq!(calls[0]["status"], "COMPLETED", "{} {status:?}", calls[0]);
+    assert_eq!(calls[0]["attempts"], 2, "{}", calls[0]);
+    assert_eq!((status.received, status.placed), (2, 1), "{status:?}");
+    let events = vendor.events(&id).await;
+    let failed = events
+        .iter()
+        .find(|e| e["type"] == "DIAL_FAILED")
+        .expect("the first attempt failed");
+    assert!(
+        failed["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("it was not placed"),
+        "{failed}"
+    );
 }
 
 #[tokio::test]

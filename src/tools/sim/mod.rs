@@ -186,6 +186,10 @@ pub struct SimConfig {
     /// Share of dial requests answered slowly (after `--slow-delay`).
     #[arg(long, env = "SIM_SLOW_RATE", default_value = "0", value_parser = parse_rate)]
     pub slow_rate: f64,
+    /// Share of new dial requests swallowed: never placed and never answered (the caller
+    /// times out not knowing whether the call was placed).
+    #[arg(long, env = "SIM_LOSE_DIAL_RATE", default_value = "0", value_parser = parse_rate)]
+    pub lose_dial_rate: f64,
     /// How slow a slow answer is.
     #[arg(long, env = "SIM_SLOW_DELAY", default_value = "2s", value_parser = parse_duration)]
     pub slow_delay: Duration,
@@ -213,6 +217,8 @@ pub struct SimConfig {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Faults {
     pub error_rate: f64,
+    /// Dials swallowed: never placed, never answered.
+    pub lose_dial_rate: f64,
     pub rate_limit_rate: f64,
     pub slow_rate: f64,
     pub slow_delay: Duration,
@@ -222,6 +228,7 @@ impl SimConfig {
     pub fn faults(&self) -> Faults {
         Faults {
             error_rate: self.error_rate,
+            lose_dial_rate: self.lose_dial_rate,
             rate_limit_rate: self.rate_limit_rate,
             slow_rate: self.slow_rate,
             slow_delay: self.slow_delay,
@@ -248,6 +255,7 @@ impl Default for SimConfig {
             retry_after: 1,
             slow_rate: 0.0,
             slow_delay: Duration::from_secs(2),
+            lose_dial_rate: 0.0,
             progress_webhooks: true,
             drop_webhook_rate: 0.0,
             duplicate_webhook_rate: 0.0,

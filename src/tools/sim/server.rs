@@ -54,6 +54,8 @@ pub struct Status {
     /// Dials Retell or Vapi took but ended at once for `--vendor-concurrency`.
     pub throttled: u64,
     pub slow_answers: u64,
+    /// Dial requests swallowed: never placed, never answered (`--lose-dial-rate`).
+    pub dials_lost: u64,
     pub active_now: usize,
     /// Most calls active at once.
     pub peak_active: usize,
@@ -129,6 +131,8 @@ struct Quirks {
 /// What a dial request gets.
 enum Answer {
     Accepted(String),
+    /// Never placed, never answered: the request hangs until the caller gives up.
+    Lost,
     Refused(StatusCode, Value, Option<u64>),
 }
 
@@ -289,6 +293,10 @@ impl Simulator {
                 ),
                 None,
             );
+        }
+        if faults.lose_dial_rate > 0.0 && state.rng.f64() < faults.lose_dial_rate {
+            state.status.dials_lost += 1;
+            return (Answer::Lost, None);
         }
         // The vendor's own limit on calls at once: Twilio and Bland refuse the dial (429);
         // Retell and Vapi take it and end it at once, unplaced, with their reason for it.

@@ -106,6 +106,13 @@ async fn create_call(req: &Request, body: poem::Body, sim: Data<&Simulator>) -> 
         tokio::time::sleep(pause).await;
     }
     match outcome {
+        Answer::Lost => {
+            tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+            answer(
+                StatusCode::GATEWAY_TIMEOUT,
+                &dialect.refusal(StatusCode::GATEWAY_TIMEOUT, "lost"),
+            )
+        }
         Answer::Accepted(id) => {
             let Some(call) = sim.call(&id) else {
                 return answer(StatusCode::ACCEPTED, &json!({"callId": id}));
