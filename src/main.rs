@@ -147,7 +147,7 @@ fn run_simulator(config: SimConfig) -> ExitCode {
     finish(runtime().block_on(async {
         let shutdown = app::shutdown_signal();
         let simulator = Simulator::start(config).await?;
-        tracing::info!(url = %simulator.url(), "provider simulator listening; status at /status");
+        tracing::info!(url = %simulator.url(), dialect = simulator.dialect().name(), "provider simulator listening; status at /status");
         shutdown.cancelled().await;
         simulator.stop();
         Ok(())

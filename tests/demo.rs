@@ -65,6 +65,47 @@ fn the_demo_runs_a_campaign_to_the_end_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn the_demo_runs_through_each_vendor_dialect() {
+    for provider in ["twilio", "retell", "vapi", "bland"] {
+        let output = command(&[
+            "demo",
+            "--provider",
+            provider,
+            "--port",
+            "0",
+            "--calls",
+            "20",
+            "--numbers",
+            "10",
+            "--cap",
+            "4",
+            "--min-duration",
+            "50ms",
+            "--max-duration",
+            "150ms",
+        ])
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{provider}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("Provider simulator ({provider})")),
+            "{stderr}"
+        );
+        assert!(stdout.contains("cap 4 held"), "{provider}: {stdout}");
+        assert!(
+            stdout.contains("one call per number held"),
+            "{provider}: {stdout}"
+        );
+        assert!(
+            stdout.contains("no attempt dialed twice"),
+            "{provider}: {stdout}"
+        );
+    }
+}
+
+#[test]
 fn without_postgresql_the_demo_says_what_to_install() {
     let output = command(&["demo", "--port", "0"])
         .env("PG_BIN_DIR", "/nonexistent")

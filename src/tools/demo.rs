@@ -355,10 +355,25 @@ async fn report(
         "429s and 503s from provider",
         sim.rate_limited + sim.errors_injected
     );
-    println!(
-        "  {:<28} {:>10}",
-        "idempotent repeats", sim.idempotent_repeats
-    );
+    if args.provider == Dialect::Generic {
+        println!(
+            "  {:<28} {:>10}",
+            "idempotent repeats", sim.idempotent_repeats
+        );
+    } else {
+        // A vendor without idempotency keys: a lost answer is looked up, never resent.
+        println!(
+            "  {:<28} {:>10}   {}",
+            "attempts placed twice",
+            sim.duplicate_placements,
+            if sim.duplicate_placements == 0 {
+                "no attempt dialed twice"
+            } else {
+                "ATTEMPTS DIALED TWICE"
+            }
+        );
+        println!("  {:<28} {:>10}", "look-ups at the provider", sim.look_ups);
+    }
     println!(
         "  {:<28} {:>10}   cap {} {}",
         "peak concurrency (provider)",
