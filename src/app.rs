@@ -90,6 +90,12 @@ pub async fn serve_api(
         "webhooks are verified by {}",
         provider.webhook_proof()
     );
+    if config.webhook_secret.is_some() && matches!(provider.name(), "twilio" | "retell") {
+        tracing::warn!(
+            provider = provider.name(),
+            "WEBHOOK_SECRET is not used: this vendor signs its webhooks with AI_CALL_API_KEY"
+        );
+    }
     let writers = api_writers(config, &pool);
     let state = Arc::new(ApiState::new(config, pool, tokens, provider, writers));
     let metrics = match config.metrics_port {
@@ -230,6 +236,14 @@ pub async fn worker(config: &Config, pool: PgPool) -> anyhow::Result<Worker> {
     crate::metrics::handle();
     let provider: Arc<dyn CallProvider> =
         provider::from_config(config).context("building the provider")?;
+    if provider.has_look_up() && config.reconcile_after >= config.call_timeout {
+        tracing::warn!(
+            reconcile_after = %humantime::format_duration(config.reconcile_after),
+            call_timeout = %humantime::format_duration(config.call_timeout),
+            "RECONCILE_AFTER is not shorter than CALL_TIMEOUT: calls whose webhook is lost \
+             expire before they are looked up"
+        );
+    }
     let settings = WorkerSettings::from_config(config, webhook_tokens(&pool).await?);
     let accepts = {
         let pool = pool.clone();
