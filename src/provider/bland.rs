@@ -16,8 +16,8 @@ use super::{
     DialRequest, ProviderReport, Verification, WebhookError,
     signature::{same_hex, sha256_hex},
     vendor::{
-        Answered, Dialect, Http, checked_id, header, json_body, metadata_with_reference, reason,
-        reference_in, seconds, signed, text,
+        Answered, Dialect, Http, calls_in, checked_id, header, json_body, metadata_with_reference,
+        reason, reference_in, seconds, signed_if, text,
     },
 };
 use crate::{
@@ -165,15 +165,11 @@ impl Dialect for Bland {
         let Some(given) = header(headers, "x-webhook-signature") else {
             return Verification::Refused;
         };
-        if self
-            .secrets
-            .iter()
-            .any(|secret| same_hex(&sha256_hex(secret.expose().as_bytes(), &[body]), given))
-        {
-            signed()
-        } else {
-            Verification::Refused
-        }
+        signed_if(
+            self.secrets
+                .iter()
+                .any(|secret| same_hex(&sha256_hex(secret.expose().as_bytes(), &[body]), given)),
+        )
     }
 
     fn proof(&self) -> &'static str {
@@ -242,11 +238,7 @@ impl Dialect for Bland {
     }
 
     fn listed<'v>(&self, answer: &'v Value) -> Vec<&'v Value> {
-        answer
-            .get("calls")
-            .and_then(Value::as_array)
-            .map(|calls| calls.iter().collect())
-            .unwrap_or_default()
+        calls_in(answer, "calls")
     }
 }
 

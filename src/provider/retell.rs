@@ -17,8 +17,8 @@ use super::{
     DialRequest, ProviderReport, Verification, WebhookError,
     signature::{fresh, same, sha256_hex},
     vendor::{
-        Answered, Dialect, Http, checked_id, header, json_body, metadata_with_reference, reason,
-        reference_in, seconds, signed, text,
+        Answered, Dialect, Http, calls_in, checked_id, header, json_body, metadata_with_reference,
+        reason, reference_in, seconds, signed_if, text,
     },
 };
 use crate::{config::Config, domain::ProviderStatus};
@@ -185,11 +185,7 @@ impl Dialect for Retell {
             return Verification::Refused;
         }
         let expected = sha256_hex(http.key.expose().as_bytes(), &[body, timestamp.as_bytes()]);
-        if same(&expected, digest) {
-            signed()
-        } else {
-            Verification::Refused
-        }
+        signed_if(same(&expected, digest))
     }
 
     fn proof(&self) -> &'static str {
@@ -244,12 +240,7 @@ impl Dialect for Retell {
     }
 
     fn listed<'v>(&self, answer: &'v Value) -> Vec<&'v Value> {
-        answer
-            .get("items")
-            .or(Some(answer))
-            .and_then(Value::as_array)
-            .map(|calls| calls.iter().collect())
-            .unwrap_or_default()
+        calls_in(answer, "items")
     }
 }
 

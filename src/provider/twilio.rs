@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use super::{
     DialRequest, ProviderReport, Verification, WebhookError,
     signature::{same, sha1_base64},
-    vendor::{Answered, Dialect, Http, Identified, checked_id, header, reason, seconds, text},
+    vendor::{
+        Answered, Dialect, Http, Identified, calls_in, checked_id, header, reason, seconds, text,
+    },
 };
 use crate::{config::Config, domain::ProviderStatus};
 
@@ -258,11 +260,7 @@ impl Dialect for Twilio {
     }
 
     fn listed<'v>(&self, answer: &'v Value) -> Vec<&'v Value> {
-        answer
-            .get("calls")
-            .and_then(Value::as_array)
-            .map(|calls| calls.iter().collect())
-            .unwrap_or_default()
+        calls_in(answer, "calls")
     }
 
     /// Twilio keeps no metadata: the attempt's call is the first one created to its number

@@ -18,8 +18,8 @@ use super::{
     DialRequest, ProviderReport, Verification, WebhookError,
     signature::{fresh, same, same_hex, sha256_hex},
     vendor::{
-        Answered, Dialect, Http, checked_id, header, json_body, metadata_with_reference, reason,
-        reference_in, seconds, signed, text,
+        Answered, Dialect, Http, calls_in, checked_id, header, json_body, metadata_with_reference,
+        reason, reference_in, seconds, signed_if, text,
     },
 };
 use crate::{
@@ -171,14 +171,11 @@ impl Dialect for Vapi {
             return Verification::Unsigned;
         }
         if let Some(given) = header(headers, "x-vapi-secret") {
-            if self
-                .secrets
-                .iter()
-                .any(|secret| same(secret.expose(), given))
-            {
-                return signed();
-            }
-            return Verification::Refused;
+            return signed_if(
+                self.secrets
+                    .iter()
+                    .any(|secret| same(secret.expose(), given)),
+            );
         }
         let (Some(given), Some(timestamp)) = (
             header(headers, "x-signature"),
@@ -198,11 +195,7 @@ impl Dialect for Vapi {
             );
             same_hex(&expected, given)
         });
-        if valid {
-            signed()
-        } else {
-            Verification::Refused
-        }
+        signed_if(valid)
     }
 
     fn proof(&self) -> &'static str {
@@ -289,11 +282,7 @@ impl Dialect for Vapi {
     }
 
     fn listed<'v>(&self, answer: &'v Value) -> Vec<&'v Value> {
-        answer
-            .as_array()
-            .or_else(|| answer.get("results").and_then(Value::as_array))
-            .map(|calls| calls.iter().collect())
-            .unwrap_or_default()
+        calls_in(answer, "results")
     }
 }
 

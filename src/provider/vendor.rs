@@ -469,7 +469,21 @@ pub fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `Verification::Signed` without a delivery id.
-pub fn signed() -> Verification {
-    Verification::Signed { webhook_id: None }
+/// `Verification::Signed` without a delivery id when `valid`, else `Refused`.
+pub fn signed_if(valid: bool) -> Verification {
+    if valid {
+        Verification::Signed { webhook_id: None }
+    } else {
+        Verification::Refused
+    }
+}
+
+/// The calls of a listing: the array under `key` (or the answer itself when it is one).
+pub fn calls_in<'v>(answer: &'v Value, key: &str) -> Vec<&'v Value> {
+    answer
+        .get(key)
+        .unwrap_or(answer)
+        .as_array()
+        .map(|calls| calls.iter().collect())
+        .unwrap_or_default()
 }
