@@ -147,6 +147,11 @@ pub trait Dialect: Send + Sync + 'static {
             let Some(report) = self.read_call(call) else {
                 continue;
             };
+            // Another attempt's call (the same attempt number refused for the vendor's
+            // concurrency limit carries the same reference): never this one.
+            if request.known_provider_ids.contains(&report.provider_call_id) {
+                continue;
+            }
             match report.reference {
                 reference if reference == ours => {
                     return Identified::Found(report.provider_call_id);
