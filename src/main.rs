@@ -89,7 +89,8 @@ fn main() -> ExitCode {
             return finish(runtime().block_on(call_orchestrator::tools::bench::run(args)));
         }
         Command::Serve | Command::Worker => Needs::Provider,
-        Command::Api | Command::Migrate => Needs::Database,
+        Command::Api => Needs::Api,
+        Command::Migrate => Needs::Database,
     };
     let config = match Config::load(cli.config.as_deref(), needs) {
         Ok(config) => config,

@@ -89,6 +89,18 @@ fn each_vendor_needs_its_own_settings() {
         "TWILIO_ACCOUNT_SID",
     );
     assert_config_error(&mut base("retell"), "AI_CALL_FROM_NUMBER");
+    // An `api` replica verifies Twilio's and Retell's signatures with the key (Twilio's
+    // over the public URL): without them it could not tell a forgery.
+    assert_config_error(
+        command(&["api"]).env("AI_CALL_PROVIDER", "retell"),
+        "AI_CALL_API_KEY",
+    );
+    assert_config_error(
+        command(&["api"])
+            .env("AI_CALL_PROVIDER", "twilio")
+            .env("AI_CALL_API_KEY", "token"),
+        "WEBHOOK_BASE_URL",
+    );
     assert_config_error(&mut base("vapi"), "AI_CALL_PHONE_NUMBER_ID");
     // Bland needs nothing more, and takes its vendor's secret as it stands (no whsec_);
     // a caller ID in the environment keeps its `+` (figment alone reads it as a number).

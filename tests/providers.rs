@@ -262,7 +262,7 @@ async fn each_dial_has_the_vendors_shape_field_by_field() {
                         "assistantOverrides": {
                             "variableValues": {"customerName": "John Doe", "visits": 3},
                             "metadata": {"customerName": "John Doe", "visits": 3, "call_orchestrator_ref": reference},
-                            "server": {"url": server},
+                            "server": {"url": server, "headers": {"X-Vapi-Secret": SECRET}},
                         },
                     })
                 );
@@ -483,6 +483,57 @@ async fn a_lost_dial_the_vendor_never_placed_is_a_failed_attempt_after_its_look_
             .contains("it was not placed"),
         "{failed}"
     );
+}
+
+#[tokio::test]
+async fn a_gateway_error_to_a_vendors_dial_is_looked_up_not_redialed() {
+    // A 502 may come from a gateway in front of a vendor that placed the call: the attempt
+    // stays open for its look-ups, and nothing is sent again.
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let posts = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = posts.clone();
+    let app = poem::Route::new().at(
+        "/v1/calls",
+        poem::post(poem::endpoint::make(move |_req| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                poem::Response::builder()
+                    .status(poem::http::StatusCode::BAD_GATEWAY)
+                    .body("upstream hiccup")
+            }
+        }))
+        .get(poem::endpoint::make_sync(|_| {
+            poem::web::Json(json!({"calls": [], "count": 0}))
+        })),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        poem::Server::new_with_acceptor(poem::listener::TcpAcceptor::from_tokio(listener).unwrap())
+            .run(app),
+    );
+    let app = TestApp::spawn_with(|c| {
+        c.ai_call_provider = "bland".into();
+        c.ai_call_api_url = Some(url);
+        c.retry_base_delay = Duration::from_millis(50);
+    })
+    .await;
+    let workers = CancellationToken::new();
+    tokio::spawn(app.dispatcher().await.run(workers.clone()));
+    let id = app.create_call("+14155550100").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let call = app.call(&id).await;
+    assert_eq!(call["status"], "IN_PROGRESS", "{call}");
+    assert_eq!(call["attempts"], 1, "{call}");
+    assert_eq!(posts.load(Ordering::SeqCst), 1);
+    let kinds = app.timeline(&id).await;
+    assert!(kinds.contains(&"DIAL_UNKNOWN".to_owned()), "{kinds:?}");
+    assert!(!kinds.contains(&"RETRY_SCHEDULED".to_owned()), "{kinds:?}");
+    workers.cancel();
 }
 
 #[tokio::test]

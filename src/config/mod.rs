@@ -207,8 +207,10 @@ impl ConfigError {
 /// What the command about to run needs from the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Needs {
-    /// Only the database (`migrate`, `api`).
+    /// Only the database (`migrate`).
     Database,
+    /// The database, and what verifies the provider's webhooks (`api`).
+    Api,
     /// The database and the provider (`serve`, `worker`).
     Provider,
 }

@@ -208,6 +208,30 @@ impl Config {
                 "must be a Twilio account SID (AC followed by 32 hex digits)",
             ));
         }
+        // Twilio and Retell sign their webhooks with the key (Twilio over the public URL):
+        // an `api` replica without them could not tell a forged webhook from a real one.
+        if needs == Needs::Api {
+            let required: &[(&str, bool)] = match self.ai_call_provider.as_str() {
+                "twilio" => &[
+                    ("ai_call_api_key", self.ai_call_api_key.is_some()),
+                    ("webhook_base_url", self.webhook_base_url.is_some()),
+                ],
+                "retell" => &[("ai_call_api_key", self.ai_call_api_key.is_some())],
+                _ => &[],
+            };
+            for (key, present) in required {
+                if !present {
+                    return Err(ConfigError::at(
+                        key,
+                        format!(
+                            "is required to verify the webhooks of AI_CALL_PROVIDER={}",
+                            self.ai_call_provider
+                        ),
+                    ));
+                }
+            }
+            return Ok(());
+        }
         if needs != Needs::Provider {
             return Ok(());
         }

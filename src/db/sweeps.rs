@@ -35,6 +35,7 @@ pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claime
             sqlx::query_scalar(include_str!("../../sql/queries/known_provider_ids.sql"))
                 .bind(call.payload.to.as_str())
                 .bind(claimed_at - chrono::Duration::minutes(10))
+                .bind(call_id)
                 .fetch_all(pool)
                 .await?;
         claimed.push(Claimed {

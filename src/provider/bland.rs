@@ -17,7 +17,7 @@ use super::{
     signature::{same_hex, sha256_hex},
     vendor::{
         Answered, Dialect, Http, calls_in, checked_id, header, json_body, metadata_with_reference,
-        reason, reference_in, seconds, signed_if, text,
+        reason, reference_in, seconds, segment, signed_if, text,
     },
 };
 use crate::{
@@ -121,6 +121,7 @@ fn read(call: &Value) -> Result<ProviderReport, WebhookError> {
 impl Dialect for Bland {
     const NAME: &'static str = "bland";
     const WEBHOOK_PATH: &'static str = WEBHOOK_PATH;
+    const LIST_LIMIT: usize = 100;
 
     fn dial(&self, http: &Http, request: &DialRequest) -> reqwest::RequestBuilder {
         let mut body = json!({
@@ -206,7 +207,7 @@ impl Dialect for Bland {
 
     fn look_up(&self, http: &Http, provider_call_id: &str) -> reqwest::RequestBuilder {
         http.client
-            .get(http.url(&format!("/v1/calls/{provider_call_id}")))
+            .get(http.url(&format!("/v1/calls/{}", segment(provider_call_id))))
             .header("authorization", http.key.expose())
     }
 
@@ -233,7 +234,7 @@ impl Dialect for Bland {
                     &since.to_rfc3339_opts(SecondsFormat::Secs, true),
                 ),
                 ("ascending", "false"),
-                ("limit", "20"),
+                ("limit", "100"),
             ])
     }
 

@@ -18,7 +18,7 @@ use super::{
     signature::{fresh, same, sha256_hex},
     vendor::{
         Answered, Dialect, Http, calls_in, checked_id, header, json_body, metadata_with_reference,
-        reason, reference_in, seconds, signed_if, text,
+        reason, reference_in, seconds, segment, signed_if, text,
     },
 };
 use crate::{config::Config, domain::ProviderStatus};
@@ -92,13 +92,8 @@ fn read(call: &Value, event: Option<&str>) -> Result<ProviderReport, WebhookErro
         (Some("call_ended" | "call_analyzed"), _)
         | (None, Some("ended" | "not_connected" | "error")) => ended(disconnection, call_status),
         (None, Some("registered")) => ProviderStatus::Queued,
-        (None, Some("ongoing")) => ProviderStatus::InProgress,
-        (None, other) => {
-            return Err(WebhookError::Invalid(format!(
-                "`{}` is not a call_status Retell reports",
-                reason(other.unwrap_or("(none)"))
-            )));
-        }
+        // A status Retell may add later: the call is not over.
+        (None, _) => ProviderStatus::InProgress,
         // call_started, transcript_updated, transfer_*: progress.
         (Some(_), _) => ProviderStatus::InProgress,
     };
@@ -142,6 +137,7 @@ fn dynamic_variables(metadata: &Map<String, Value>) -> Map<String, Value> {
 impl Dialect for Retell {
     const NAME: &'static str = "retell";
     const WEBHOOK_PATH: &'static str = WEBHOOK_PATH;
+    const LIST_LIMIT: usize = 100;
 
     fn dial(&self, http: &Http, request: &DialRequest) -> reqwest::RequestBuilder {
         let body = json!({
@@ -168,7 +164,10 @@ impl Dialect for Retell {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Verification {
-        let Some(given) = header(headers, "x-retell-signature") else {
+        // An empty key would let anyone sign: nothing is taken then.
+        let Some(given) =
+            header(headers, "x-retell-signature").filter(|_| !http.key.expose().is_empty())
+        else {
             return Verification::Refused;
         };
         let Some((timestamp, digest)) = given
@@ -205,7 +204,7 @@ impl Dialect for Retell {
 
     fn look_up(&self, http: &Http, provider_call_id: &str) -> reqwest::RequestBuilder {
         http.client
-            .get(http.url(&format!("/v2/get-call/{provider_call_id}")))
+            .get(http.url(&format!("/v2/get-call/{}", segment(provider_call_id))))
             .bearer_auth(http.key.expose())
     }
 
@@ -235,7 +234,7 @@ impl Dialect for Retell {
                     "to_number": {"type": "string", "op": "eq", "value": request.to},
                 },
                 "sort_order": "descending",
-                "limit": 50,
+                "limit": 100,
             }))
     }
 

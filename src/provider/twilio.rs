@@ -15,7 +15,8 @@ use super::{
     DialRequest, ProviderReport, Verification, WebhookError,
     signature::{same, sha1_base64},
     vendor::{
-        Answered, Dialect, Http, Identified, calls_in, checked_id, header, reason, seconds, text,
+        Answered, Dialect, Http, Identified, calls_in, checked_id, header, reason, seconds,
+        segment, text,
     },
 };
 use crate::{config::Config, domain::ProviderStatus};
@@ -111,6 +112,7 @@ fn report(
 impl Dialect for Twilio {
     const NAME: &'static str = "twilio";
     const WEBHOOK_PATH: &'static str = WEBHOOK_PATH;
+    const LIST_LIMIT: usize = 100;
 
     fn dial(&self, http: &Http, request: &DialRequest) -> reqwest::RequestBuilder {
         let instructions = self.instructions_url(request);
@@ -153,10 +155,13 @@ impl Dialect for Twilio {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Verification {
-        let Some(given) = header(headers, "x-twilio-signature") else {
+        let token = http.key.expose().as_bytes();
+        // An empty key (or no public URL) would let anyone sign: nothing is taken then.
+        let Some(given) = header(headers, "x-twilio-signature")
+            .filter(|_| !token.is_empty() && !http.webhook_base.is_empty())
+        else {
             return Verification::Refused;
         };
-        let token = http.key.expose().as_bytes();
         let mut params: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
         params.sort();
         params.dedup();
@@ -215,8 +220,9 @@ impl Dialect for Twilio {
     fn look_up(&self, http: &Http, provider_call_id: &str) -> reqwest::RequestBuilder {
         http.client
             .get(http.url(&format!(
-                "/2010-04-01/Accounts/{}/Calls/{provider_call_id}.json",
-                self.account_sid
+                "/2010-04-01/Accounts/{}/Calls/{}.json",
+                self.account_sid,
+                segment(provider_call_id)
             )))
             .basic_auth(&self.account_sid, Some(http.key.expose()))
     }
@@ -255,7 +261,7 @@ impl Dialect for Twilio {
             .query(&[
                 ("To", request.to.as_str()),
                 ("From", self.from.as_str()),
-                ("PageSize", "50"),
+                ("PageSize", "100"),
             ])
     }
 

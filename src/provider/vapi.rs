@@ -19,7 +19,7 @@ use super::{
     signature::{fresh, same, same_hex, sha256_hex},
     vendor::{
         Answered, Dialect, Http, calls_in, checked_id, header, json_body, metadata_with_reference,
-        reason, reference_in, seconds, signed_if, text,
+        reason, reference_in, seconds, segment, signed_if, text,
     },
 };
 use crate::{
@@ -46,6 +46,15 @@ impl Vapi {
         Self {
             phone_number_id: config.ai_call_phone_number_id.clone().unwrap_or_default(),
             secrets: config.webhook_secret_list(),
+        }
+    }
+
+    /// The call's server: the webhook URL and, with `WEBHOOK_SECRET`, the header Vapi sends
+    /// it with (`X-Vapi-Secret`, the first secret during a rotation).
+    fn server(&self, url: &str) -> Value {
+        match self.secrets.first() {
+            Some(secret) => json!({"url": url, "headers": {"X-Vapi-Secret": secret.expose()}}),
+            None => json!({"url": url}),
         }
     }
 }
@@ -128,6 +137,7 @@ fn report(
 impl Dialect for Vapi {
     const NAME: &'static str = "vapi";
     const WEBHOOK_PATH: &'static str = WEBHOOK_PATH;
+    const LIST_LIMIT: usize = 1000;
 
     fn dial(&self, http: &Http, request: &DialRequest) -> reqwest::RequestBuilder {
         let body = json!({
@@ -139,7 +149,7 @@ impl Dialect for Vapi {
             "assistantOverrides": {
                 "variableValues": request.metadata,
                 "metadata": metadata_with_reference(request),
-                "server": {"url": request.webhook_url},
+                "server": self.server(&request.webhook_url),
             },
         });
         http.client
@@ -149,9 +159,10 @@ impl Dialect for Vapi {
     }
 
     fn answer(&self, answer: &Value) -> Answered {
-        if answer.pointer("/subscriptionLimits/concurrencyBlocked") == Some(&Value::Bool(true)) {
-            return Answered::RateLimited;
-        }
+        // A call held back by the concurrency limit (`subscriptionLimits.concurrencyBlocked`)
+        // exists all the same: Vapi either places it once a slot frees or ends it with its
+        // concurrency reason, which the webhook or a look-up then reads as not an attempt.
+        // Taken as accepted, so that its id is bound and its end lands on this attempt.
         Answered::Accepted(text(answer, "id").map(str::to_owned))
     }
 
@@ -247,12 +258,13 @@ impl Dialect for Vapi {
 
     fn look_up(&self, http: &Http, provider_call_id: &str) -> reqwest::RequestBuilder {
         http.client
-            .get(http.url(&format!("/call/{provider_call_id}")))
+            .get(http.url(&format!("/call/{}", segment(provider_call_id))))
             .bearer_auth(http.key.expose())
     }
 
     fn read_call(&self, call: &Value) -> Option<ProviderReport> {
-        let status = text(call, "status")?;
+        let status =
+            text(call, "status").filter(|s| !matches!(*s, "not-found" | "deletion-failed"))?;
         if status == "ended" {
             let ended_reason = text(call, "endedReason");
             report(call, ended(ended_reason), ended_reason, None, "call").ok()
@@ -277,7 +289,7 @@ impl Dialect for Vapi {
                     "createdAtGe",
                     &since.to_rfc3339_opts(SecondsFormat::Millis, true),
                 ),
-                ("limit", "100"),
+                ("limit", "1000"),
             ])
     }
 

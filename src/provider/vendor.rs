@@ -70,8 +70,6 @@ pub enum Answered {
     Accepted(Option<String>),
     /// It refused the call (why).
     Refused(String),
-    /// Its concurrency limit: the call was not placed.
-    RateLimited,
 }
 
 /// One vendor's API.
@@ -85,7 +83,7 @@ pub trait Dialect: Send + Sync + 'static {
     fn dial(&self, http: &Http, request: &DialRequest) -> reqwest::RequestBuilder;
 
     /// What a 2xx answer says: the vendor's id for the attempt, or (from a vendor that
-    /// answers some refusals with a 2xx) a refusal or its concurrency limit.
+    /// answers some refusals with a 2xx) a refusal.
     fn answer(&self, answer: &Value) -> Answered;
 
     /// Whether a refusal says the vendor's rate or concurrency limit: not an attempt.
@@ -121,6 +119,9 @@ pub trait Dialect: Send + Sync + 'static {
     /// not one (an error body answered 200).
     fn read_call(&self, call: &Value) -> Option<ProviderReport>;
 
+    /// The most calls one listing answers (the `limit` its `list` asks for).
+    const LIST_LIMIT: usize;
+
     /// The request that lists the calls placed to `request.to` since `since`.
     fn list(
         &self,
@@ -149,7 +150,10 @@ pub trait Dialect: Send + Sync + 'static {
             };
             // Another attempt's call (the same attempt number refused for the vendor's
             // concurrency limit carries the same reference): never this one.
-            if request.known_provider_ids.contains(&report.provider_call_id) {
+            if request
+                .known_provider_ids
+                .contains(&report.provider_call_id)
+            {
                 continue;
             }
             match report.reference {
@@ -238,18 +242,23 @@ impl<D: Dialect> Vendor<D> {
                 Answered::Refused(reason) => DialOutcome::Permanent {
                     reason: format!("provider answered {status}: {}", truncate(&reason)),
                 },
-                Answered::RateLimited => DialOutcome::RateLimited { retry_after },
             };
         }
         let reason = format!("provider answered {status}: {}", truncate(text.trim()));
         if self.dialect.is_rate_limit(status, &text) {
             return DialOutcome::RateLimited { retry_after };
         }
-        if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+        // A 503 says the vendor did not take the request (overloaded, down for upkeep);
+        // any other 5xx, or a 408, may come from a gateway in front of a vendor that did
+        // place the call: never taken at its word, it is looked up like a lost answer.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             return DialOutcome::Transient {
                 reason,
                 retry_after,
             };
+        }
+        if status == StatusCode::REQUEST_TIMEOUT || status.is_server_error() {
+            return self.unknown(&reason, rescues);
         }
         DialOutcome::Permanent { reason }
     }
@@ -273,21 +282,30 @@ impl<D: Dialect> Vendor<D> {
             reason: format!("looking the attempt up at {}: {why}", D::NAME),
             resend_in: unknown_resend_delay(rescues),
         };
+        // A listing that fails, even with a "not found", tells nothing.
         let listing = match self
-            .get(self.dialect.list(&self.http, request, since))
+            .get(self.dialect.list(&self.http, request, since), false)
             .await
         {
             Ok(Some(listing)) => listing,
-            Ok(None) => Value::Null,
+            Ok(None) => return still_unknown("an empty answer to the listing".into()),
             Err(why) => return still_unknown(why),
         };
         let listed = self.dialect.listed(&listing);
+        // A full page may have left the attempt's call out: it cannot tell "not placed".
+        let complete = listed.len() < D::LIST_LIMIT;
         let found = match self.dialect.identify(request, since, &listed) {
             Identified::Found(id) => Some(id),
             Identified::None => None,
+            Identified::Candidates(ids) if ids.len() > MAX_CANDIDATES => {
+                return still_unknown(format!(
+                    "{} calls to the number to look at one by one",
+                    ids.len()
+                ));
+            }
             Identified::Candidates(ids) => {
                 let mut found = None;
-                for id in ids.into_iter().take(MAX_CANDIDATES) {
+                for id in ids {
                     match self.look_up_now(&id).await {
                         LookUp::Found(report)
                             if report.reference == Some((request.call_id, request.attempt)) =>
@@ -313,6 +331,10 @@ impl<D: Dialect> Vendor<D> {
                 }
             }
             Some(_) => still_unknown("the vendor's id for it is not usable".into()),
+            None if !complete => still_unknown(format!(
+                "the listing is a full page of {} calls",
+                D::LIST_LIMIT
+            )),
             None if rescues >= NOT_FOUND_RESCUES => DialOutcome::Transient {
                 reason: format!(
                     "the dial's answer was lost, and {} has no call for the attempt {} \
@@ -326,11 +348,16 @@ impl<D: Dialect> Vendor<D> {
         }
     }
 
-    /// GETs (or POSTs) a JSON answer: `Ok(None)` for a 404, `Err` for anything unclear.
-    async fn get(&self, request: reqwest::RequestBuilder) -> Result<Option<Value>, String> {
+    /// GETs (or POSTs) a JSON answer: `Ok(None)` when `missing_is_none` and the vendor says
+    /// it has no such call, `Err` for anything unclear.
+    async fn get(
+        &self,
+        request: reqwest::RequestBuilder,
+        missing_is_none: bool,
+    ) -> Result<Option<Value>, String> {
         let response = request.send().await.map_err(|err| error_chain(&err))?;
         let status = response.status();
-        if self.dialect.not_found(status) {
+        if missing_is_none && self.dialect.not_found(status) {
             return Ok(None);
         }
         let text = read_bounded_large(response).await?;
@@ -344,7 +371,7 @@ impl<D: Dialect> Vendor<D> {
 
     async fn look_up_now(&self, provider_call_id: &str) -> LookUp {
         match self
-            .get(self.dialect.look_up(&self.http, provider_call_id))
+            .get(self.dialect.look_up(&self.http, provider_call_id), true)
             .await
         {
             Ok(None) => LookUp::NotFound,
@@ -422,6 +449,20 @@ impl<D: Dialect> CallProvider for Vendor<D> {
     }
 }
 
+/// A provider's id as one path segment of a look-up URL: percent-encoded, so an id (the
+/// vendor's, or one a webhook named) can never reach another of the vendor's endpoints.
+pub fn segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// A string field of a JSON object.
 pub fn text<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
     value.get(key).and_then(Value::as_str)
@@ -491,4 +532,25 @@ pub fn calls_in<'v>(answer: &'v Value, key: &str) -> Vec<&'v Value> {
         .as_array()
         .map(|calls| calls.iter().collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_one_path_segment() {
+        assert_eq!(segment("CA0123abc"), "CA0123abc");
+        assert_eq!(segment("../../x"), "%2E%2E%2F%2E%2E%2Fx");
+        assert_eq!(segment("a+b=c@d:e"), "a%2Bb%3Dc%40d%3Ae");
+    }
+
+    #[test]
+    fn listings_are_found_under_their_key_or_bare() {
+        let keyed = serde_json::json!({"calls": [1, 2]});
+        assert_eq!(calls_in(&keyed, "calls").len(), 2);
+        let bare = serde_json::json!([1, 2, 3]);
+        assert_eq!(calls_in(&bare, "results").len(), 3);
+        assert!(calls_in(&serde_json::json!({"error": "x"}), "calls").is_empty());
+    }
 }

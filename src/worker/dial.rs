@@ -100,9 +100,19 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
                     provider_call_id.as_deref().unwrap_or_default()
                 );
                 tracing::error!(?reason, "provider error");
-                outcome = DialOutcome::Transient {
-                    reason,
-                    retry_after: None,
+                outcome = if request.resend {
+                    // The attempt may have been placed all the same (a look-up that matched
+                    // the wrong call, a resend answered with another key's id): left open,
+                    // never failed into a new dial.
+                    DialOutcome::Unknown {
+                        reason,
+                        resend_in: crate::provider::unknown_resend_delay(claimed.rescues),
+                    }
+                } else {
+                    DialOutcome::Transient {
+                        reason,
+                        retry_after: None,
+                    }
                 };
             }
             Err(err) if tokio::time::Instant::now() < deadline => {
