@@ -109,13 +109,30 @@ async fn claimed(app: &TestApp, count: usize) -> Vec<Uuid> {
     claimed.into_iter().map(|c| c.call.id).collect()
 }
 
+/// The row of attempt 1 of each call.
+async fn first_attempts(app: &TestApp, ids: &[Uuid]) -> Vec<i64> {
+    let mut rows = Vec::new();
+    for id in ids {
+        rows.push(
+            sqlx::query_scalar("SELECT id FROM call_attempts WHERE call_id = $1 AND attempt = 1")
+                .bind(id)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap(),
+        );
+    }
+    rows
+}
+
 /// The provider's 2xx for attempt 1 of each call, with the callIds `prov-0`, `prov-1`, ….
-fn answers(ids: &[Uuid]) -> Vec<Accepted> {
+async fn answers(app: &TestApp, ids: &[Uuid]) -> Vec<Accepted> {
+    let rows = first_attempts(app, ids).await;
     ids.iter()
+        .zip(rows)
         .enumerate()
-        .map(|(i, id)| Accepted {
+        .map(|(i, (id, attempt_id))| Accepted {
             call_id: *id,
-            attempt: 1,
+            attempt_id,
             provider_call_id: Some(format!("prov-{i}")),
         })
         .collect()
@@ -125,7 +142,7 @@ fn answers(ids: &[Uuid]) -> Vec<Accepted> {
 async fn dial_answers_are_recorded_together_and_a_repeated_provider_id_fails_alone() {
     let app = TestApp::spawn().await;
     let ids = claimed(&app, 12).await;
-    let answers = answers(&ids[..10]);
+    let answers = answers(&app, &ids[..10]).await;
     let results = db::record_accepted_each(&app.pool, &answers).await;
     assert!(results.iter().all(Result::is_ok));
     for (i, id) in ids[..10].iter().enumerate() {
@@ -147,9 +164,10 @@ async fn dial_answers_are_recorded_together_and_a_repeated_provider_id_fails_alo
 
     // A provider that hands one callId to two calls: the unique index refuses the second,
     // and only the second.
-    let twice = [ids[10], ids[11]].map(|id| Accepted {
+    let rows = first_attempts(&app, &ids[10..12]).await;
+    let twice = [(ids[10], rows[0]), (ids[11], rows[1])].map(|(id, attempt_id)| Accepted {
         call_id: id,
-        attempt: 1,
+        attempt_id,
         provider_call_id: Some("same".into()),
     });
     let results = db::record_accepted_each(&app.pool, &twice).await;
@@ -184,7 +202,7 @@ fn webhook(provider_call_id: &str, status: ProviderStatus) -> WebhookUpdate {
 async fn webhooks_applied_together_come_to_what_one_by_one_would() {
     let app = TestApp::spawn().await;
     let ids = claimed(&app, 3).await;
-    let answers = answers(&ids[..2]);
+    let answers = answers(&app, &ids[..2]).await;
     db::record_accepted_each(&app.pool, &answers).await;
     // The third call's 2xx never came: its webhook finds it by the reference alone.
     let mut early = webhook("prov-early", ProviderStatus::Completed);
@@ -257,7 +275,7 @@ async fn webhooks_applied_together_come_to_what_one_by_one_would() {
 async fn concurrent_webhooks_and_their_repeats_settle_each_call_once() {
     let app = TestApp::spawn().await;
     let ids = claimed(&app, 40).await;
-    let answers = answers(&ids);
+    let answers = answers(&app, &ids).await;
     db::record_accepted_each(&app.pool, &answers).await;
     let sends = (0..80).map(|n| {
         let app = &app;
@@ -309,7 +327,7 @@ async fn a_batch_of_webhooks_and_a_batch_of_answers_over_the_same_calls_never_de
         .unwrap();
     let mut ids = claimed(&app, 20).await;
     ids.sort();
-    let answers = answers(&ids);
+    let answers = answers(&app, &ids).await;
     // The webhooks come in the opposite order; each finds its call by the reference, as
     // an early one does.
     let webhooks: Vec<WebhookUpdate> = ids
@@ -350,4 +368,57 @@ async fn a_batch_of_webhooks_and_a_batch_of_answers_over_the_same_calls_never_de
     for id in &ids {
         assert_eq!(app.call(&id.to_string()).await["status"], "COMPLETED");
     }
+}
+
+#[tokio::test]
+async fn a_late_answer_to_a_throttled_attempt_never_touches_its_redial() {
+    // The vendor ends attempt 1 for its concurrency limit (not an attempt): the call is
+    // claimed again, as attempt 1 once more but another row. The first dial's answer,
+    // arriving only now, is recorded on its own row and leaves the redial alone.
+    let app = TestApp::spawn().await;
+    let ids = claimed(&app, 1).await;
+    let first = first_attempts(&app, &ids).await[0];
+    let mut throttled = webhook("vendor-throttled", ProviderStatus::Throttled);
+    throttled.reference = Some((ids[0], 1));
+    let outcome = db::apply_webhook(&app.pool, &throttled, || retry(3, 1))
+        .await
+        .unwrap();
+    assert_eq!(outcome.effect, WebhookEffect::Applied);
+    sqlx::query("UPDATE calls SET next_attempt_at = now() WHERE id = $1")
+        .bind(ids[0])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let redial = db::claim(&app.pool, 10, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(redial.len(), 1);
+    assert_eq!(redial[0].attempt, 1);
+    assert_ne!(redial[0].attempt_id, first);
+    let failed = call_orchestrator::domain::DialOutcome::Transient {
+        reason: "the first dial's late 502".into(),
+        retry_after: None,
+    };
+    db::record_dial_outcome(&app.pool, ids[0], first, &failed, retry(3, 1))
+        .await
+        .unwrap();
+    let accepted = Accepted {
+        call_id: ids[0],
+        attempt_id: first,
+        provider_call_id: Some("vendor-late".into()),
+    };
+    assert!(
+        db::record_accepted_each(&app.pool, &[accepted])
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    let (status, provider_id): (String, Option<String>) =
+        sqlx::query_as("SELECT status, provider_call_id FROM call_attempts WHERE id = $1")
+            .bind(redial[0].attempt_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), provider_id), ("DIALING", None));
+    assert_eq!(app.call(&ids[0].to_string()).await["status"], "IN_PROGRESS");
 }

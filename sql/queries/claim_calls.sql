@@ -80,11 +80,14 @@ attempts AS (
     INSERT INTO call_attempts (call_id, attempt, lease_until)
     SELECT id, attempts, now() + make_interval(secs => $3)
     FROM claimed
+    RETURNING id AS attempt_id, call_id
 ),
 events AS (
     INSERT INTO call_events (call_id, attempt, kind)
     SELECT id, attempts, 'DIALED' FROM claimed
 )
-SELECT claimed.*, chosen.due_at
-FROM claimed JOIN chosen USING (id)
+SELECT claimed.*, chosen.due_at, attempts.attempt_id
+FROM claimed
+JOIN chosen USING (id)
+JOIN attempts ON attempts.call_id = claimed.id
 ORDER BY claimed.seq

@@ -22,10 +22,10 @@ taken AS (
         rescues = a.rescues + 1
     FROM abandoned
     WHERE a.id = abandoned.id
-    RETURNING a.call_id, a.attempt, a.rescues, a.claimed_at
+    RETURNING a.id, a.call_id, a.attempt, a.rescues, a.claimed_at
 ),
 events AS (
     INSERT INTO call_events (call_id, attempt, kind, detail)
     SELECT call_id, attempt, 'RESCUED', jsonb_build_object('rescues', rescues) FROM taken
 )
-SELECT call_id, attempt, rescues, claimed_at FROM taken
+SELECT id, call_id, attempt, rescues, claimed_at FROM taken

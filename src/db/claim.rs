@@ -18,6 +18,9 @@ pub struct Claimed {
     pub call: Call,
     /// The attempt number to dial, from 1.
     pub attempt: i32,
+    /// The attempt's row: its answer is recorded on this row and no other (a number can be
+    /// claimed again as another row after the vendor's concurrency limit refused it).
+    pub attempt_id: i64,
     /// When the call fell due, for a fresh claim (not for a rescue).
     pub due_at: Option<DateTime<Utc>>,
     /// When the attempt was claimed: a call placed for it was created after this.
@@ -43,6 +46,7 @@ struct ClaimedRow {
     #[sqlx(flatten)]
     call: CallRow,
     due_at: DateTime<Utc>,
+    attempt_id: i64,
 }
 
 /// Claims up to `max` due calls within the cap; see `sql/queries/claim_calls.sql` for why
@@ -80,6 +84,7 @@ pub async fn claim(
                         let call = Call::from(row.call);
                         Claimed {
                             attempt: call.attempts,
+                            attempt_id: row.attempt_id,
                             call,
                             due_at: Some(row.due_at),
                             claimed_at: Utc::now(),

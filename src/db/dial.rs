@@ -6,19 +6,19 @@ use uuid::Uuid;
 
 use super::{
     DbError,
-    settle::{apply, lock},
+    settle::{Which, apply, lock},
 };
 use crate::domain::{
     DialOutcome, RetryDecision,
     decide::{Retry, decide_dial},
 };
 
-/// Records the provider's answer to attempt `attempt` of `call_id`; the retry decision it
-/// took for a failed attempt, if it took one.
+/// Records the provider's answer to the attempt of `call_id` whose row is `attempt_id`;
+/// the retry decision it took for a failed attempt, if it took one.
 pub async fn record_dial_outcome(
     pool: &PgPool,
     call_id: Uuid,
-    attempt: i32,
+    attempt_id: i64,
     outcome: &DialOutcome,
     retry: Retry,
 ) -> Result<Option<RetryDecision>, DbError> {
@@ -27,7 +27,7 @@ pub async fn record_dial_outcome(
             pool,
             &[Accepted {
                 call_id,
-                attempt,
+                attempt_id,
                 provider_call_id: provider_call_id.clone(),
             }],
         )
@@ -35,9 +35,10 @@ pub async fn record_dial_outcome(
         return Ok(None);
     }
     let mut tx = pool.begin().await?;
-    let Some(locked) = lock(&mut tx, call_id, attempt).await? else {
+    let Some(locked) = lock(&mut tx, call_id, Which::Row(attempt_id)).await? else {
         return Ok(None);
     };
+    let attempt = locked.state.attempt;
     let rate_limited_before: i64 = match outcome {
         DialOutcome::RateLimited { .. } => {
             sqlx::query_scalar(include_str!("../../sql/queries/count_rate_limited.sql"))
@@ -63,7 +64,8 @@ pub async fn record_dial_outcome(
 #[derive(Clone, Debug)]
 pub struct Accepted {
     pub call_id: Uuid,
-    pub attempt: i32,
+    /// The attempt's row (see `Claimed::attempt_id`).
+    pub attempt_id: i64,
     /// The provider's id for the attempt, when it gave one.
     pub provider_call_id: Option<String>,
 }
@@ -71,7 +73,7 @@ pub struct Accepted {
 /// Records 2xx answers in one statement: see sql/queries/record_accepted.sql.
 pub async fn record_accepted(pool: &PgPool, accepted: &[Accepted]) -> Result<(), DbError> {
     let call_ids: Vec<Uuid> = accepted.iter().map(|a| a.call_id).collect();
-    let attempts: Vec<i32> = accepted.iter().map(|a| a.attempt).collect();
+    let attempts: Vec<i64> = accepted.iter().map(|a| a.attempt_id).collect();
     let provider_ids: Vec<Option<&str>> = accepted
         .iter()
         .map(|a| a.provider_call_id.as_deref())

@@ -20,11 +20,20 @@ pub(crate) struct Locked {
     pub state: AttemptState,
 }
 
-/// Locks a call, then one of its (non-rate-limited) attempts; `None` when either is missing.
+/// Which attempt of a call to lock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Which {
+    /// By number: the attempt's row that is not a rate-limited one (webhooks).
+    Number(i32),
+    /// By row (the dial path, which knows the row it claimed).
+    Row(i64),
+}
+
+/// Locks a call, then one of its attempts; `None` when either is missing.
 pub(crate) async fn lock(
     tx: &mut Tx<'_>,
     call_id: Uuid,
-    attempt: i32,
+    which: Which,
 ) -> Result<Option<Locked>, sqlx::Error> {
     let call: Option<(CallStatus, i32)> =
         sqlx::query_as(include_str!("../../sql/queries/lock_call.sql"))
@@ -34,14 +43,24 @@ pub(crate) async fn lock(
     let Some((call_status, call_attempts)) = call else {
         return Ok(None);
     };
-    let row: Option<(i64, AttemptStatus, Option<String>, bool)> =
-        sqlx::query_as(include_str!("../../sql/queries/lock_attempt.sql"))
-            .bind(call_id)
-            .bind(attempt)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row: Option<(i64, AttemptStatus, Option<String>, bool, i32)> = match which {
+        Which::Number(attempt) => {
+            sqlx::query_as(include_str!("../../sql/queries/lock_attempt.sql"))
+                .bind(call_id)
+                .bind(attempt)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+        Which::Row(id) => {
+            sqlx::query_as(include_str!("../../sql/queries/lock_attempt_row.sql"))
+                .bind(call_id)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+    };
     Ok(row.map(
-        |(attempt_id, status, provider_call_id, final_webhook)| Locked {
+        |(attempt_id, status, provider_call_id, final_webhook, attempt)| Locked {
             attempt_id,
             state: AttemptState {
                 call_status,

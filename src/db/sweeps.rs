@@ -21,15 +21,15 @@ pub async fn expire_overdue(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid
 
 /// Takes over attempts whose dialer's lease ran out; returns them, ready to send again.
 pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claimed>, DbError> {
-    let taken: Vec<(Uuid, i32, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(include_str!(
-        "../../sql/queries/take_abandoned_attempts.sql"
-    ))
+    let taken: Vec<(i64, Uuid, i32, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        include_str!("../../sql/queries/take_abandoned_attempts.sql"),
+    )
     .bind(lease.as_secs_f64())
     .bind(100_i64)
     .fetch_all(pool)
     .await?;
     let mut claimed = Vec::with_capacity(taken.len());
-    for (call_id, attempt, rescues, claimed_at) in taken {
+    for (attempt_id, call_id, attempt, rescues, claimed_at) in taken {
         let call = super::get_call(pool, call_id).await?;
         let known_provider_ids: Vec<String> =
             sqlx::query_scalar(include_str!("../../sql/queries/known_provider_ids.sql"))
@@ -41,6 +41,7 @@ pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claime
         claimed.push(Claimed {
             call,
             attempt,
+            attempt_id,
             due_at: None,
             claimed_at,
             known_provider_ids,

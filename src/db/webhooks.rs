@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{
     DbError,
-    settle::{Tx, apply, lock},
+    settle::{Tx, Which, apply, lock},
 };
 use crate::domain::{
     ProviderStatus, WebhookUpdate,
@@ -104,7 +104,7 @@ async fn apply_in(
         Err(Some(refused)) => return Ok(Some(WebhookOutcome::unchanged(refused))),
         Err(None) => return Ok(None),
     };
-    let Some(locked) = lock(tx, call_id, attempt).await? else {
+    let Some(locked) = lock(tx, call_id, Which::Number(attempt)).await? else {
         return Ok(None);
     };
     let progress_recorded: i64 = if update.status.is_final() {

@@ -58,7 +58,7 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
             DialOutcome::Accepted { provider_call_id } => {
                 let accepted = db::Accepted {
                     call_id: claimed.call.id,
-                    attempt: claimed.attempt,
+                    attempt_id: claimed.attempt_id,
                     provider_call_id: provider_call_id.clone(),
                 };
                 let key = claimed.call.id.as_u64_pair().1;
@@ -72,7 +72,7 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
                     policy: settings.policy,
                     jitter: fastrand::f64(),
                 };
-                db::record_dial_outcome(pool, claimed.call.id, claimed.attempt, &outcome, retry)
+                db::record_dial_outcome(pool, claimed.call.id, claimed.attempt_id, &outcome, retry)
                     .await
                     .map_err(anyhow::Error::from)
             }
