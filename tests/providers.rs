@@ -56,10 +56,21 @@ async fn start(
     sim: impl FnOnce(&mut SimConfig),
     adjust: impl FnOnce(&mut Config),
 ) -> Vendor {
-    let port = common::free_port();
+    let mut config = SimConfig {
+        dialect,
+        api_key: KEY.into(),
+        webhook_secret: secret_of(dialect).map(str::to_owned),
+        min_duration: Duration::from_millis(50),
+        max_duration: Duration::from_millis(150),
+        outcomes: OutcomeMix::all_completed(),
+        ..SimConfig::default()
+    };
+    sim(&mut config);
+    let sim = Simulator::start(config).await.unwrap();
+    let url = sim.url();
     let app = TestApp::spawn_with(|c| {
         c.ai_call_provider = dialect.name().into();
-        c.ai_call_api_url = Some(format!("http://127.0.0.1:{port}"));
+        c.ai_call_api_url = Some(url);
         c.ai_call_api_key = Some(Secret::new(KEY));
         c.ai_call_from_number = Some("+15550000000".into());
         c.ai_call_phone_number_id = Some("pn-1".into());
@@ -73,19 +84,7 @@ async fn start(
         adjust(c);
     })
     .await;
-    let mut config = SimConfig {
-        dialect,
-        port,
-        webhook_url: Some(app.url(dialect.webhook_path())),
-        api_key: KEY.into(),
-        webhook_secret: secret_of(dialect).map(str::to_owned),
-        min_duration: Duration::from_millis(50),
-        max_duration: Duration::from_millis(150),
-        outcomes: OutcomeMix::all_completed(),
-        ..SimConfig::default()
-    };
-    sim(&mut config);
-    let sim = Simulator::start(config).await.unwrap();
+    sim.set_webhook_url(&app.url(dialect.webhook_path()));
     let workers = CancellationToken::new();
     tokio::spawn(app.dispatcher().await.run(workers.clone()));
     tokio::spawn(app.sweeper().await.run(workers.clone()));

@@ -70,19 +70,8 @@ print(json.dumps({
 
 /// The service speaking `dialect` to its simulator, one call dialed and held open.
 async fn one_call(dialect: Dialect) -> (TestApp, Simulator, CancellationToken, String, String) {
-    let port = common::free_port();
-    let app = TestApp::spawn_with(|c| {
-        c.ai_call_provider = dialect.name().into();
-        c.ai_call_api_url = Some(format!("http://127.0.0.1:{port}"));
-        c.ai_call_api_key = Some(Secret::new(KEY));
-        c.ai_call_from_number = Some("+15550000000".into());
-        c.twilio_account_sid = Some(TWILIO_ACCOUNT_SID.into());
-        c.twilio_twiml_url = Some("https://twiml.example/flow".into());
-    })
-    .await;
     let sim = Simulator::start(SimConfig {
         dialect,
-        port,
         api_key: KEY.into(),
         progress_webhooks: false,
         drop_webhook_rate: 1.0,
@@ -92,6 +81,16 @@ async fn one_call(dialect: Dialect) -> (TestApp, Simulator, CancellationToken, S
     })
     .await
     .unwrap();
+    let url = sim.url();
+    let app = TestApp::spawn_with(|c| {
+        c.ai_call_provider = dialect.name().into();
+        c.ai_call_api_url = Some(url);
+        c.ai_call_api_key = Some(Secret::new(KEY));
+        c.ai_call_from_number = Some("+15550000000".into());
+        c.twilio_account_sid = Some(TWILIO_ACCOUNT_SID.into());
+        c.twilio_twiml_url = Some("https://twiml.example/flow".into());
+    })
+    .await;
     let workers = CancellationToken::new();
     tokio::spawn(app.dispatcher().await.run(workers.clone()));
     let id = app.create_call("+14155550100").await["id"]

@@ -88,6 +88,8 @@ struct State {
     calls: HashMap<String, SimCall>,
     /// The last dial requests received, for the tests to read.
     dials: VecDeque<RecordedDial>,
+    /// Where webhooks go when the dial does not say (`--webhook-url`, or set later).
+    webhook_url: Option<String>,
     per_number: HashMap<String, usize>,
     status: Status,
     /// When final webhooks were sent and acknowledged, oldest first, each waiting for the
@@ -157,6 +159,7 @@ impl Simulator {
                 active: HashMap::new(),
                 calls: HashMap::new(),
                 dials: VecDeque::new(),
+                webhook_url: config.webhook_url.clone(),
                 per_number: HashMap::new(),
                 status: Status::default(),
                 acks: VecDeque::new(),
@@ -204,6 +207,12 @@ impl Simulator {
     pub fn dials(&self) -> Vec<RecordedDial> {
         let state = self.state.lock().expect("simulator state");
         state.dials.iter().cloned().collect()
+    }
+
+    /// Sends the webhooks of dials that name no webhook URL (Retell's) to `url` from now on:
+    /// for a service started after the simulator, on a port it chose.
+    pub fn set_webhook_url(&self, url: &str) {
+        self.state.lock().expect("simulator state").webhook_url = Some(url.to_owned());
     }
 
     /// A call placed, as the vendor's look-up would answer it.
@@ -262,6 +271,7 @@ impl Simulator {
         let (key, number) = (key.as_str(), number.as_str());
         let dialect = self.config.dialect;
         let mut state = self.state.lock().expect("simulator state");
+        let fallback = state.webhook_url.clone();
         let repeat = match state.by_key.get(key).cloned() {
             Some(id) if dialect.idempotent() => {
                 state.status.idempotent_repeats += 1;
@@ -340,7 +350,7 @@ impl Simulator {
             state.status.throttled += 1;
             drop(state);
             let (simulator, call_id) = (self.clone(), id.clone());
-            let url = webhook_url.or_else(|| self.config.webhook_url.clone());
+            let url = webhook_url.or_else(|| fallback.clone());
             let quirks = Quirks {
                 lose: false,
                 twice: false,
@@ -398,7 +408,7 @@ impl Simulator {
         drop(state);
         let simulator = self.clone();
         let call_id = id.clone();
-        let url = webhook_url.or_else(|| self.config.webhook_url.clone());
+        let url = webhook_url.or_else(|| fallback.clone());
         tokio::spawn(async move {
             simulator
                 .play(call_id, url, duration, outcome, quirks)
