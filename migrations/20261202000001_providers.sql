@@ -18,3 +18,23 @@ ALTER TABLE call_events ADD CONSTRAINT call_events_kind_check CHECK (kind IN (
     'RATE_LIMITED', 'WEBHOOK_RECEIVED', 'RECONCILED', 'RETRY_SCHEDULED', 'COMPLETED',
     'FAILED', 'EXPIRED', 'RESCUED'
 ));
+
+-- The operator's view of the calls in flight shows the look-ups too (columns added at the
+-- end, as CREATE OR REPLACE VIEW requires).
+CREATE OR REPLACE VIEW calls_in_flight AS
+SELECT c.id,
+       c.to_number,
+       c.attempts AS attempt,
+       a.status AS attempt_status,
+       COALESCE(a.provider_call_id, c.external_call_id) AS provider_call_id,
+       c.started_at,
+       now() - c.started_at AS in_flight_for,
+       a.lease_until,
+       a.rescues,
+       a.reconciled_at,
+       a.reconciliations
+FROM calls c
+LEFT JOIN call_attempts a
+       ON a.call_id = c.id AND a.attempt = c.attempts AND a.status <> 'RATE_LIMITED'
+WHERE c.status = 'IN_PROGRESS'
+ORDER BY c.started_at;
