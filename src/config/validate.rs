@@ -219,18 +219,7 @@ impl Config {
                 "retell" => &[("ai_call_api_key", self.ai_call_api_key.is_some())],
                 _ => &[],
             };
-            for (key, present) in required {
-                if !present {
-                    return Err(ConfigError::at(
-                        key,
-                        format!(
-                            "is required to verify the webhooks of AI_CALL_PROVIDER={}",
-                            self.ai_call_provider
-                        ),
-                    ));
-                }
-            }
-            return Ok(());
+            return self.require(required, "to verify the webhooks of");
         }
         if needs != Needs::Provider {
             return Ok(());
@@ -248,18 +237,21 @@ impl Config {
             )],
             _ => &[],
         };
-        for (key, present) in required {
-            if !present {
-                return Err(ConfigError::at(
-                    key,
-                    format!(
-                        "is required to place calls with AI_CALL_PROVIDER={}",
-                        self.ai_call_provider
-                    ),
-                ));
-            }
+        self.require(required, "to place calls with")
+    }
+
+    /// The first of `settings` missing, as "KEY: is required {why} AI_CALL_PROVIDER=…".
+    fn require(&self, settings: &[(&str, bool)], why: &str) -> Result<(), ConfigError> {
+        match settings.iter().find(|(_, present)| !present) {
+            Some((key, _)) => Err(ConfigError::at(
+                key,
+                format!(
+                    "is required {why} AI_CALL_PROVIDER={}",
+                    self.ai_call_provider
+                ),
+            )),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
