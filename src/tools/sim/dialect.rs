@@ -48,6 +48,8 @@ pub struct SimCall {
     pub metadata: Value,
     pub created_at: DateTime<Utc>,
     pub stage: Stage,
+    /// Headers the dial asked its webhooks to carry (Vapi's `server.headers`).
+    pub headers: Vec<(String, String)>,
 }
 
 /// What the simulator needs from a dial request.
@@ -58,6 +60,8 @@ pub struct DialIn {
     pub key: String,
     pub webhook_url: Option<String>,
     pub metadata: Value,
+    /// Headers the dial asked its webhooks to carry (Vapi's `server.headers`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Dialect {
@@ -134,6 +138,7 @@ impl Dialect {
                     key: key.to_owned(),
                     webhook_url: Some(string(&body, "/webhookUrl")?),
                     metadata: body.get("metadata").cloned().unwrap_or(json!({})),
+                    headers: Vec::new(),
                 })
             }
             Self::Twilio => {
@@ -157,6 +162,7 @@ impl Dialect {
                     key,
                     webhook_url: Some(get("StatusCallback")?),
                     metadata: json!({}),
+                    headers: Vec::new(),
                 })
             }
             Self::Retell => {
@@ -169,6 +175,7 @@ impl Dialect {
                     key: reference(&metadata)?,
                     webhook_url: None,
                     metadata,
+                    headers: Vec::new(),
                 })
             }
             Self::Vapi => {
@@ -183,11 +190,22 @@ impl Dialect {
                     .pointer("/assistantOverrides/metadata")
                     .cloned()
                     .unwrap_or(json!({}));
+                let headers = body
+                    .pointer("/assistantOverrides/server/headers")
+                    .and_then(Value::as_object)
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 Ok(DialIn {
                     number: string(&body, "/customer/number")?,
                     key: reference(&metadata)?,
                     webhook_url: string(&body, "/assistantOverrides/server/url").ok(),
                     metadata,
+                    headers,
                 })
             }
             Self::Bland => {
@@ -199,6 +217,7 @@ impl Dialect {
                     key: reference(&metadata)?,
                     webhook_url: string(&body, "/webhook").ok(),
                     metadata,
+                    headers: Vec::new(),
                 })
             }
         }

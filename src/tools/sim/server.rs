@@ -267,6 +267,7 @@ impl Simulator {
             key,
             webhook_url,
             metadata,
+            headers,
         } = dial;
         let (key, number) = (key.as_str(), number.as_str());
         let dialect = self.config.dialect;
@@ -344,6 +345,7 @@ impl Simulator {
                 metadata,
                 created_at: chrono::Utc::now(),
                 stage: Stage::Queued,
+                headers,
             },
         );
         if at_limit {

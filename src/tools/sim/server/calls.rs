@@ -35,7 +35,7 @@ impl Simulator {
                     if let Some(body) = simulator.advance(&id, stage, n as u32)
                         && let Some(url) = &url
                     {
-                        simulator.deliver(url, body).await;
+                        simulator.deliver(&id, url, body).await;
                     }
                 }
             });
@@ -79,7 +79,7 @@ impl Simulator {
             return;
         }
         let sent = Instant::now();
-        if self.deliver(&url, body.clone()).await && !quirks.late {
+        if self.deliver(&id, &url, body.clone()).await && !quirks.late {
             self.state
                 .lock()
                 .expect("simulator state")
@@ -92,7 +92,7 @@ impl Simulator {
                 .expect("simulator state")
                 .status
                 .webhooks_duplicated += 1;
-            self.deliver(&url, body).await;
+            self.deliver(&id, &url, body).await;
         }
         if quirks.out_of_order && self.config.progress_webhooks && outcome != "THROTTLED" {
             self.state
@@ -107,7 +107,7 @@ impl Simulator {
                 };
                 call.stage = stage;
                 if let Some(body) = self.config.dialect.webhook(&call, sequence + 1) {
-                    self.deliver(&url, body).await;
+                    self.deliver(&id, &url, body).await;
                 }
             }
         }
@@ -126,7 +126,13 @@ impl Simulator {
 
     /// Posts a webhook, signed as the dialect signs, retrying while the service cannot
     /// take it. True once a 2xx came.
-    async fn deliver(&self, url: &str, (content_type, payload): (&'static str, Vec<u8>)) -> bool {
+    async fn deliver(
+        &self,
+        id: &str,
+        url: &str,
+        (content_type, payload): (&'static str, Vec<u8>),
+    ) -> bool {
+        let headers = self.call(id).map(|call| call.headers).unwrap_or_default();
         let mut pause = Duration::from_millis(100);
         for _ in 0..12 {
             if self.shutdown.is_cancelled() {
@@ -146,6 +152,9 @@ impl Simulator {
                         .header("webhook-timestamp", timestamp.to_string())
                         .header("webhook-signature", signature);
                 }
+            }
+            for (name, value) in &headers {
+                request = request.header(name, value);
             }
             for (name, value) in self.config.dialect.sign(
                 &self.config.api_key,
