@@ -198,10 +198,11 @@ impl Config {
             check_http_url("twilio_twiml_url", url)?;
         }
         if self.ai_call_provider == "twilio"
-            && self
-                .twilio_account_sid
-                .as_ref()
-                .is_some_and(|sid| !sid.starts_with("AC"))
+            && self.twilio_account_sid.as_ref().is_some_and(|sid| {
+                !(sid.len() == 34
+                    && sid.starts_with("AC")
+                    && sid[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+            })
         {
             return Err(ConfigError::at(
                 "twilio_account_sid",

@@ -60,16 +60,19 @@ pub struct Reconcilable {
 }
 
 /// Takes the attempts the provider holds whose end has not arrived for `after`
-/// (`RECONCILE_AFTER`), at most `max`, marking them looked up now.
+/// (`RECONCILE_AFTER`), or whose call is overdue (`timeout`, `CALL_TIMEOUT`: looked up once
+/// more before it expires), at most `max`, marking them looked up now.
 pub async fn take_reconcilable(
     pool: &PgPool,
     after: Duration,
+    timeout: Duration,
     max: i64,
 ) -> Result<Vec<Reconcilable>, DbError> {
     let rows: Vec<(Uuid, i32, String)> =
         sqlx::query_as(include_str!("../../sql/queries/take_reconcilable.sql"))
             .bind(after.as_secs_f64())
             .bind(max)
+            .bind(timeout.as_secs_f64())
             .fetch_all(pool)
             .await?;
     Ok(rows

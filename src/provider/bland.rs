@@ -39,7 +39,7 @@ pub struct Bland {
 impl Bland {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            from: config.ai_call_from_number.clone(),
+            from: super::vendor::from_number(config),
             secrets: config.webhook_secret_list(),
         }
     }
@@ -202,7 +202,17 @@ impl Dialect for Bland {
                 }),
             });
         }
-        read(&body)
+        // Bland posts the call's object when the call is over: one that reads as not over
+        // (a status this service does not know yet) is a failure, not progress for ever.
+        let mut report = read(&body)?;
+        if !report.status.is_final() {
+            report.reason = Some(format!(
+                "bland: the post-call body tells no end we know ({})",
+                reason(text(&body, "status").unwrap_or("no status"))
+            ));
+            report.status = ProviderStatus::Failed;
+        }
+        Ok(report)
     }
 
     fn look_up(&self, http: &Http, provider_call_id: &str) -> reqwest::RequestBuilder {
@@ -298,6 +308,22 @@ mod tests {
         ] {
             assert_eq!(standing(&call), expected, "{call}");
         }
+    }
+
+    #[test]
+    fn a_post_call_body_always_ends_the_attempt() {
+        let bland = Bland {
+            from: None,
+            secrets: Vec::new(),
+        };
+        let report = bland
+            .read_webhook(br#"{"call_id": "c-1", "status": "vanished"}"#)
+            .unwrap();
+        assert_eq!(report.status, ProviderStatus::Failed);
+        let progress = bland
+            .read_webhook(br#"{"call_id": "c-1", "category": "call", "message": "Call connected"}"#)
+            .unwrap();
+        assert_eq!(progress.status, ProviderStatus::InProgress);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct Retell {
 impl Retell {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            from: config.ai_call_from_number.clone().unwrap_or_default(),
+            from: super::vendor::from_number(config).unwrap_or_default(),
         }
     }
 }
@@ -273,8 +273,18 @@ mod tests {
             ("error_unknown", P::Failed),
             ("concurrency_limit_reached", P::Throttled),
             ("no_concurrency_fallback", P::Throttled),
+            ("telephony_provider_permission_denied", P::Failed),
+            ("telephony_provider_unavailable", P::Failed),
+            ("sip_routing_error", P::Failed),
+            ("marked_as_spam", P::Failed),
+            ("no_valid_payment", P::Failed),
+            ("scam_detected", P::Failed),
+            ("registered_call_timeout", P::Failed),
             ("user_hangup", P::Completed),
             ("agent_hangup", P::Completed),
+            ("call_transfer", P::Completed),
+            ("ivr_reached", P::Completed),
+            ("inactivity", P::Completed),
             ("max_duration_reached", P::Completed),
         ] {
             assert_eq!(ended(Some(reason), Some("ended")), expected, "{reason}");

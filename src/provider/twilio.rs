@@ -36,7 +36,7 @@ impl Twilio {
         Self {
             account_sid: config.twilio_account_sid.clone().unwrap_or_default(),
             twiml_url: config.twilio_twiml_url.clone().unwrap_or_default(),
-            from: config.ai_call_from_number.clone().unwrap_or_default(),
+            from: super::vendor::from_number(config).unwrap_or_default(),
         }
     }
 
@@ -88,7 +88,7 @@ fn report(
     body: Value,
 ) -> Result<ProviderReport, WebhookError> {
     let status = status(word, answered_by).ok_or_else(|| {
-        WebhookError::Invalid(format!("`{}` is not a status Twilio reports", reason(word)))
+        WebhookError::Body(format!("`{}` is not a status Twilio reports", reason(word)))
     })?;
     let duration_sec = duration
         .and_then(|d| d.trim().parse::<f64>().ok())
@@ -399,7 +399,7 @@ mod tests {
         assert!(twilio.read_webhook(b"CallStatus=completed").is_err());
         assert!(matches!(
             twilio.read_webhook(b"CallSid=CA1&CallStatus=melted"),
-            Err(WebhookError::Invalid(_))
+            Err(WebhookError::Body(_))
         ));
         assert!(
             twilio

@@ -90,12 +90,12 @@ fn ended(reason: Option<&str>) -> ProviderStatus {
         }
         "customer-busy" => P::Busy,
         "voicemail" => P::Voicemail,
-        // The organisation's concurrency limit (and Vapi's own lack of a worker): the call
-        // was not placed.
+        // The organisation's concurrency limit, or the number's daily limit: the call was
+        // not placed (`call.start.*`), so it is not an attempt. (Vapi's own worker trouble,
+        // `worker-shutdown` and `…-worker-not-available`, may come after the person was
+        // connected: a failure, counted.)
         "call.start.error-subscription-concurrency-limit-reached"
-        | "call.start.error-vapi-number-outbound-daily-limit"
-        | "call.in-progress.error-vapifault-worker-not-available"
-        | "worker-shutdown" => P::Throttled,
+        | "call.start.error-vapi-number-outbound-daily-limit" => P::Throttled,
         _ => P::Failed,
     }
 }
@@ -324,7 +324,11 @@ mod tests {
                 "call.start.error-subscription-concurrency-limit-reached",
                 P::Throttled,
             ),
-            ("worker-shutdown", P::Throttled),
+            ("worker-shutdown", P::Failed),
+            (
+                "call.in-progress.error-vapifault-worker-not-available",
+                P::Failed,
+            ),
             ("a-reason-from-next-year", P::Failed),
         ] {
             assert_eq!(ended(Some(reason)), expected, "{reason}");

@@ -463,6 +463,16 @@ pub fn segment(id: &str) -> String {
     out
 }
 
+/// `AI_CALL_FROM_NUMBER` in E.164 (`+1 (415) 555-0100` sent as `+14155550100`).
+pub fn from_number(config: &Config) -> Option<String> {
+    let raw = config.ai_call_from_number.as_deref()?;
+    Some(
+        crate::domain::PhoneNumber::parse(raw)
+            .map(|number| number.as_str().to_owned())
+            .unwrap_or_else(|_| raw.to_owned()),
+    )
+}
+
 /// A string field of a JSON object.
 pub fn text<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
     value.get(key).and_then(Value::as_str)

@@ -43,6 +43,9 @@ impl Sweeper {
     /// the sweep waits for their dials before it returns.
     pub async fn run_once(&self) -> Result<SweepReport, DbError> {
         let worker = &self.worker;
+        // Look-ups first: a call about to expire is looked up once more, so that only a
+        // call still unknown at the vendor after CALL_TIMEOUT expires.
+        let reconciled = self.reconcile().await?;
         let expired = db::expire_overdue(&worker.pool, worker.settings.call_timeout).await?;
         for id in &expired {
             tracing::warn!(call_id = %id, "call expired: no final webhook within CALL_TIMEOUT");
@@ -56,7 +59,6 @@ impl Sweeper {
             worker.spawn_dial(claimed)
         });
         futures_util::future::join_all(dials).await;
-        let reconciled = self.reconcile().await?;
         Ok(SweepReport {
             expired: expired.len(),
             rescued,
@@ -72,7 +74,14 @@ impl Sweeper {
         if !worker.provider.has_look_up() {
             return Ok(0);
         }
-        let due = db::take_reconcilable(&worker.pool, worker.settings.reconcile_after, 100).await?;
+        let settings = &worker.settings;
+        let due = db::take_reconcilable(
+            &worker.pool,
+            settings.reconcile_after,
+            settings.call_timeout,
+            100,
+        )
+        .await?;
         let count = due.len();
         futures_util::stream::iter(due)
             .for_each_concurrent(CONCURRENT_LOOK_UPS, |due| async move {
