@@ -73,6 +73,7 @@ impl Config {
             ("retry_max_delay", self.retry_max_delay),
             ("call_timeout", self.call_timeout),
             ("provider_timeout", self.provider_timeout),
+            ("reconcile_after", self.reconcile_after),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::at(key, "must be longer than zero"));
@@ -107,7 +108,6 @@ impl Config {
                     .map_err(|problem| ConfigError::at("webhook_secret", problem))?;
             }
         }
-        ("reconcile_after", self.reconcile_after).check_positive()?;
         self.validate_vendor(needs)?;
         if self.api_keys.is_some() && self.api_key_list().is_empty() {
             return Err(ConfigError::at(
@@ -147,23 +147,6 @@ impl Config {
                 "ai_call_api_key",
                 "is set but empty; the provider would refuse every call",
             ));
-        }
-        Ok(())
-    }
-}
-
-trait CheckPositive {
-    fn check_positive(self) -> Result<(), ConfigError>;
-}
-
-impl CheckPositive for (&str, Duration) {
-    fn check_positive(self) -> Result<(), ConfigError> {
-        let (key, value) = self;
-        if value.is_zero() {
-            return Err(ConfigError::at(key, "must be longer than zero"));
-        }
-        if value > Duration::from_secs(366 * 24 * 3600) {
-            return Err(ConfigError::at(key, "must be at most a year"));
         }
         Ok(())
     }

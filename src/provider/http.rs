@@ -22,19 +22,22 @@ pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Erro
         .build()
 }
 
-/// Reads at most [`MAX_ANSWER_BYTES`] of an answer; more is an error, not a truncation,
-/// since a cut JSON answer could be read as one without its id.
-pub(super) async fn read_bounded(mut response: reqwest::Response) -> Result<String, String> {
+/// Reads at most `max` bytes of an answer ([`MAX_ANSWER_BYTES`] for a dial's); more is an
+/// error, not a truncation, since a cut JSON answer could be read as one without its id.
+pub(super) async fn read_bounded(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<String, String> {
     if response
         .content_length()
-        .is_some_and(|len| len > MAX_ANSWER_BYTES as u64)
+        .is_some_and(|len| len > max as u64)
     {
-        return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
+        return Err(format!("answer larger than {max} bytes"));
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|err| error_chain(&err))? {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
+        if body.len() + chunk.len() > max {
+            return Err(format!("answer larger than {max} bytes"));
         }
         body.extend_from_slice(&chunk);
     }

@@ -10,8 +10,6 @@
 //! it was not placed and counts as a failed attempt; a look-up that cannot tell leaves the
 //! attempt open, for `CALL_TIMEOUT` to settle at worst.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use poem::http::{HeaderMap, Uri};
@@ -20,7 +18,10 @@ use serde_json::Value;
 
 use super::{
     CallProvider, DialRequest, LookUp, ProviderError, ProviderReport, Verification, WebhookError,
-    http::{client, error_chain, read_bounded, retry_after, truncate, unknown_resend_delay},
+    http::{
+        MAX_ANSWER_BYTES, client, error_chain, read_bounded, retry_after, truncate,
+        unknown_resend_delay,
+    },
 };
 use crate::{
     config::{Config, Secret},
@@ -30,6 +31,10 @@ use crate::{
 /// A rescue that finds no call at the vendor for the attempt this many times (the
 /// rescues come 5 s, 10 s and 20 s apart) concludes the dial was never placed.
 pub const NOT_FOUND_RESCUES: u32 = 3;
+
+/// Look-ups and listings may be larger than a dial's answer (a listing of calls with their
+/// transcripts): read up to 1 MiB, within `PROVIDER_TIMEOUT` like every request.
+const MAX_LOOK_UP_BYTES: usize = 1024 * 1024;
 
 /// The most calls a look-up by reference reads the details of, when the vendor's listing
 /// leaves the reference out.
@@ -222,7 +227,7 @@ impl<D: Dialect> Vendor<D> {
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = match read_bounded(response).await {
+        let text = match read_bounded(response, MAX_ANSWER_BYTES).await {
             Ok(text) => text,
             Err(err) if status.is_success() => return self.unknown(&err, rescues),
             Err(_) => String::new(),
@@ -360,7 +365,7 @@ impl<D: Dialect> Vendor<D> {
         if missing_is_none && self.dialect.not_found(status) {
             return Ok(None);
         }
-        let text = read_bounded_large(response).await?;
+        let text = read_bounded(response, MAX_LOOK_UP_BYTES).await?;
         if !status.is_success() {
             return Err(format!("answered {status}: {}", truncate(text.trim())));
         }
@@ -385,26 +390,6 @@ impl<D: Dialect> Vendor<D> {
             Err(why) => LookUp::Failed(why),
         }
     }
-}
-
-/// Look-ups and listings may be larger than a dial's answer (a listing of calls with
-/// their transcripts): up to 1 MiB.
-async fn read_bounded_large(response: reqwest::Response) -> Result<String, String> {
-    const MAX: usize = 1024 * 1024;
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX as u64)
-    {
-        return Err(format!("answer larger than {MAX} bytes"));
-    }
-    let bytes = tokio::time::timeout(Duration::from_secs(60), response.bytes())
-        .await
-        .map_err(|_| "the answer took too long".to_owned())?
-        .map_err(|err| error_chain(&err))?;
-    if bytes.len() > MAX {
-        return Err(format!("answer larger than {MAX} bytes"));
-    }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 impl<D: Dialect> CallProvider for Vendor<D> {

@@ -15,7 +15,10 @@ use serde_json::{Map, Value};
 
 use super::{
     CallProvider, DialRequest, ProviderError, ProviderReport, Verification, WebhookError,
-    http::{client, error_chain, read_bounded, retry_after, truncate, unknown_resend_delay},
+    http::{
+        MAX_ANSWER_BYTES, client, error_chain, read_bounded, retry_after, truncate,
+        unknown_resend_delay,
+    },
 };
 use crate::{
     config::{Config, Secret},
@@ -150,7 +153,7 @@ impl GenericProvider {
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = match read_bounded(response).await {
+        let text = match read_bounded(response, MAX_ANSWER_BYTES).await {
             Ok(text) => text,
             Err(err) if status.is_success() => return Sent::Unknown(err),
             Err(_) => String::new(),
