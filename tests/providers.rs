@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use call_orchestrator::{
-    config::{Config, Secret},
-    tools::sim::{Dialect, Faults, OutcomeMix, SimConfig, Simulator, Stage, TWILIO_ACCOUNT_SID},
+    config::Secret,
+    tools::sim::{Dialect, Faults, SimConfig, Stage, TWILIO_ACCOUNT_SID},
 };
-use common::TestApp;
+use common::{
+    TestApp,
+    vendor::{KEY, SECRET, Vendor, start},
+};
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -26,132 +29,6 @@ const VENDORS: [Dialect; 4] = [
     Dialect::Vapi,
     Dialect::Bland,
 ];
-
-/// Vapi's and Bland's secret in these tests (Twilio and Retell sign with the key).
-const SECRET: &str = "vendor-webhook-secret";
-const KEY: &str = "sim-key";
-
-/// The service speaking `dialect` to the simulator playing it, with its dispatcher and
-/// sweeper running.
-struct Vendor {
-    dialect: Dialect,
-    sim: Simulator,
-    app: TestApp,
-    workers: CancellationToken,
-}
-
-impl Drop for Vendor {
-    fn drop(&mut self) {
-        self.workers.cancel();
-        self.sim.stop();
-    }
-}
-
-fn secret_of(dialect: Dialect) -> Option<&'static str> {
-    matches!(dialect, Dialect::Vapi | Dialect::Bland).then_some(SECRET)
-}
-
-async fn start(
-    dialect: Dialect,
-    sim: impl FnOnce(&mut SimConfig),
-    adjust: impl FnOnce(&mut Config),
-) -> Vendor {
-    let mut config = SimConfig {
-        dialect,
-        api_key: KEY.into(),
-        webhook_secret: secret_of(dialect).map(str::to_owned),
-        min_duration: Duration::from_millis(50),
-        max_duration: Duration::from_millis(150),
-        outcomes: OutcomeMix::all_completed(),
-        ..SimConfig::default()
-    };
-    sim(&mut config);
-    let sim = Simulator::start(config).await.unwrap();
-    let url = sim.url();
-    let app = TestApp::spawn_with(|c| {
-        c.ai_call_provider = dialect.name().into();
-        c.ai_call_api_url = Some(url);
-        c.ai_call_api_key = Some(Secret::new(KEY));
-        c.ai_call_from_number = Some("+15550000000".into());
-        c.ai_call_phone_number_id = Some("pn-1".into());
-        c.twilio_account_sid = Some(TWILIO_ACCOUNT_SID.into());
-        c.twilio_twiml_url = Some("https://twiml.example/flow?lang=en".into());
-        c.webhook_secret = secret_of(dialect).map(Secret::new);
-        c.provider_timeout = Duration::from_secs(2);
-        c.retry_base_delay = Duration::from_millis(100);
-        c.retry_max_delay = Duration::from_millis(500);
-        c.call_timeout = Duration::from_secs(20);
-        adjust(c);
-    })
-    .await;
-    sim.set_webhook_url(&app.url(dialect.webhook_path()));
-    let workers = CancellationToken::new();
-    tokio::spawn(app.dispatcher().await.run(workers.clone()));
-    tokio::spawn(app.sweeper().await.run(workers.clone()));
-    Vendor {
-        dialect,
-        sim,
-        app,
-        workers,
-    }
-}
-
-impl Vendor {
-    async fn create(&self, to: &str, metadata: Value) -> String {
-        let (status, body) = self
-            .app
-            .post(
-                "/api/v1/calls",
-                json!({"to": to, "scriptId": "welcomeFlow", "metadata": metadata}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["data"]["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Waits until every call in `ids` is final; returns them.
-    async fn finals(&self, ids: &[String], within: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let mut calls = Vec::new();
-            for id in ids {
-                calls.push(self.app.call(id).await);
-            }
-            let open: Vec<&Value> = calls
-                .iter()
-                .filter(|c| matches!(c["status"].as_str(), Some("PENDING" | "IN_PROGRESS")))
-                .collect();
-            if open.is_empty() {
-                return calls;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: calls still open: {open:?}\nsim: {:?}",
-                self.dialect.name(),
-                self.sim.status()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until the call is `IN_PROGRESS` with the vendor's id; returns it.
-    async fn dialed(&self, id: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let call = self.app.call(id).await;
-            if let Some(external) = call["externalCallId"].as_str() {
-                return external.to_owned();
-            }
-            assert!(Instant::now() < deadline, "never dialed: {call}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn events(&self, id: &str) -> Vec<Value> {
-        let (_, body) = self.app.get(&format!("/api/v1/calls/{id}/events")).await;
-        body["data"].as_array().unwrap().clone()
-    }
-}
 
 fn header<'d>(dial: &'d call_orchestrator::tools::sim::RecordedDial, name: &str) -> &'d str {
     dial.headers

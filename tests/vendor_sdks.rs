@@ -7,16 +7,10 @@ mod common;
 
 use std::{process::Command, time::Duration};
 
-use call_orchestrator::{
-    config::Secret,
-    tools::sim::{Dialect, SimConfig, Simulator, TWILIO_ACCOUNT_SID},
-};
-use common::TestApp;
+use call_orchestrator::tools::sim::{Dialect, TWILIO_ACCOUNT_SID};
+use common::vendor::{KEY, Vendor, start};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-const KEY: &str = "vendor-sdk-key";
 
 /// Runs `script` with the virtualenv's Python, `input` on its standard input as JSON;
 /// returns what it printed, as JSON.
@@ -68,44 +62,23 @@ print(json.dumps({
 }))
 "#;
 
-/// The service speaking `dialect` to its simulator, one call dialed and held open.
-async fn one_call(dialect: Dialect) -> (TestApp, Simulator, CancellationToken, String, String) {
-    let sim = Simulator::start(SimConfig {
+/// The service speaking `dialect` to its simulator, one call dialed and held open:
+/// (the service and simulator, the call's id, the vendor's id for it).
+async fn one_call(dialect: Dialect) -> (Vendor, String, String) {
+    let vendor = start(
         dialect,
-        api_key: KEY.into(),
-        progress_webhooks: false,
-        drop_webhook_rate: 1.0,
-        min_duration: Duration::from_secs(600),
-        max_duration: Duration::from_secs(600),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let url = sim.url();
-    let app = TestApp::spawn_with(|c| {
-        c.ai_call_provider = dialect.name().into();
-        c.ai_call_api_url = Some(url);
-        c.ai_call_api_key = Some(Secret::new(KEY));
-        c.ai_call_from_number = Some("+15550000000".into());
-        c.twilio_account_sid = Some(TWILIO_ACCOUNT_SID.into());
-        c.twilio_twiml_url = Some("https://twiml.example/flow".into());
-    })
+        |s| {
+            s.progress_webhooks = false;
+            s.drop_webhook_rate = 1.0;
+            s.min_duration = Duration::from_secs(600);
+            s.max_duration = Duration::from_secs(600);
+        },
+        |_| {},
+    )
     .await;
-    let workers = CancellationToken::new();
-    tokio::spawn(app.dispatcher().await.run(workers.clone()));
-    let id = app.create_call("+14155550100").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let external = loop {
-        if let Some(external) = app.call(&id).await["externalCallId"].as_str() {
-            break external.to_owned();
-        }
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    (app, sim, workers, id, external)
+    let id = vendor.create("+14155550100", json!({})).await;
+    let external = vendor.dialed(&id).await;
+    (vendor, id, external)
 }
 
 fn skipped() -> bool {
@@ -121,7 +94,8 @@ async fn twilios_request_validator_and_the_service_agree() {
     if skipped() {
         return;
     }
-    let (app, _sim, workers, id, external) = one_call(Dialect::Twilio).await;
+    let (vendor, id, external) = one_call(Dialect::Twilio).await;
+    let app = &vendor.app;
     let query = common::attempt_query(&app.pool, id.parse().unwrap(), 1).await;
     let url = app.url(&format!("/api/v1/callbacks/twilio{query}"));
     let params = [
@@ -173,7 +147,6 @@ async fn twilios_request_validator_and_the_service_agree() {
     let call = app.call(&id).await;
     assert_eq!(call["status"], "COMPLETED", "{call}");
     assert_eq!(call["durationSec"], 42);
-    workers.cancel();
 }
 
 #[tokio::test]
@@ -181,7 +154,8 @@ async fn retells_sdk_and_the_service_agree() {
     if skipped() {
         return;
     }
-    let (app, _sim, workers, id, external) = one_call(Dialect::Retell).await;
+    let (vendor, id, external) = one_call(Dialect::Retell).await;
+    let app = &vendor.app;
     let url = app.url("/api/v1/callbacks/retell");
     let body = json!({
         "event": "call_ended",
@@ -234,5 +208,4 @@ async fn retells_sdk_and_the_service_agree() {
     let call = app.call(&id).await;
     assert_eq!(call["status"], "COMPLETED", "{call}");
     assert_eq!(call["durationSec"], 42);
-    workers.cancel();
 }

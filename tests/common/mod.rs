@@ -6,6 +6,7 @@
 
 pub mod pg;
 pub mod provider;
+pub mod vendor;
 
 use std::{path::PathBuf, process::Command, sync::Once, time::Duration};
 
