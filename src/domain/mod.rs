@@ -24,6 +24,7 @@ mod outcome;
 mod payload;
 mod phone;
 mod retry;
+pub mod schedule;
 mod webhook_token;
 
 pub use attempt::{AttemptState, AttemptStatus};
