@@ -128,6 +128,7 @@ pub async fn serve_api(
 pub fn api_writers(config: &Config, pool: &PgPool) -> Writers {
     let policy = config.retry_policy();
     let lanes = (config.db_max_connections as usize / 3).clamp(1, 4);
+    let rules = config.schedule_rules();
     let webhooks = {
         let pool = pool.clone();
         db::Batcher::start("webhook", lanes, 64, move |updates| {
@@ -136,6 +137,7 @@ pub fn api_writers(config: &Config, pool: &PgPool) -> Writers {
                 db::apply_webhooks(&pool, &updates, || Retry {
                     policy,
                     jitter: fastrand::f64(),
+                    rules,
                 })
                 .await
             }
@@ -271,6 +273,30 @@ pub async fn run(config: Config, roles: Roles) -> anyhow::Result<()> {
     result
 }
 
+/// The calling window and time zone policy in force, once at start: what an operator
+/// checks first when calls wait or go at an unexpected hour.
+fn log_schedule_policy(config: &Config) {
+    let rules = config.schedule_rules();
+    let policy = config.retry_policy();
+    let retried: Vec<&str> = crate::domain::FailedOutcome::ALL
+        .into_iter()
+        .filter(|o| policy.outcomes.retries(*o))
+        .map(|o| o.as_str())
+        .collect();
+    if rules.window.is_off() {
+        tracing::warn!("CALLING_WINDOW is off: calls are dialed at any hour of the callee's day");
+    }
+    tracing::info!(
+        calling_window = %rules.window,
+        time_zones = "the call's timezone, else the number's prefix (libphonenumber), else DEFAULT_TIMEZONE",
+        default_timezone = %rules.default_zone,
+        libphonenumber = crate::domain::schedule::zones::DATA_VERSION.trim(),
+        max_attempts_per_number_per_day = rules.max_attempts_per_number_per_day,
+        retry_outcomes = %retried.join(","),
+        "calling policy"
+    );
+}
+
 /// Runs the chosen parts on an open pool (and, for the API, a bound listener) until
 /// `shutdown` is cancelled or one part fails, which then stops the others.
 pub async fn run_parts(
@@ -281,6 +307,7 @@ pub async fn run_parts(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    log_schedule_policy(config);
     if let Some(listener) = listener.filter(|_| roles.api) {
         let (config, pool, shutdown) = (config.clone(), pool.clone(), shutdown.clone());
         parts.spawn(async move { serve_api(&config, pool, listener, shutdown).await });

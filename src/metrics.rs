@@ -52,6 +52,33 @@ fn export_at_zero() {
     for outcome in RECONCILE_OUTCOMES {
         counter!("call_orchestrator_reconciliations_total", "outcome" => *outcome).increment(0);
     }
+    for why in HELD_REASONS {
+        counter!("call_orchestrator_calls_held_total", "why" => *why).increment(0);
+    }
+}
+
+/// The `why` labels of `call_orchestrator_calls_held_total`: a due call the claim did not
+/// dial at its turn, because of its schedule (`calls.waiting_for`), its deadline
+/// (`EXPIRED`) or its number's suppression (`CANCELLED`).
+pub const HELD_REASONS: &[&str] = &[
+    "NOT_BEFORE",
+    "CALLING_WINDOW",
+    "DAILY_LIMIT",
+    "DEADLINE",
+    "EXPIRED",
+    "SUPPRESSED",
+];
+
+/// Calls the claim held back at their turn.
+pub fn claim_held<'a>(waiting: impl Iterator<Item = &'a str>, expired: usize, cancelled: usize) {
+    for why in waiting {
+        if let Some(why) = HELD_REASONS.iter().find(|r| **r == why) {
+            counter!("call_orchestrator_calls_held_total", "why" => *why).increment(1);
+        }
+    }
+    counter!("call_orchestrator_calls_held_total", "why" => "EXPIRED").increment(expired as u64);
+    counter!("call_orchestrator_calls_held_total", "why" => "SUPPRESSED")
+        .increment(cancelled as u64);
 }
 
 /// The outcome labels of `call_orchestrator_reconciliations_total`: the look-up found the

@@ -10,8 +10,8 @@ use std::{collections::HashSet, time::Duration};
 use call_orchestrator::{
     db::{self, Accepted, DbError, NewCall},
     domain::{
-        CallPayload, PhoneNumber, ProviderStatus, ReportSource, RetryDecision, RetryPolicy,
-        ScriptId, WebhookUpdate,
+        CallPayload, PerOutcome, PhoneNumber, ProviderStatus, ReportSource, RetryDecision,
+        RetryPolicy, ScriptId, WebhookUpdate,
         decide::{Retry, WebhookEffect},
     },
 };
@@ -28,8 +28,10 @@ fn retry(max_attempts: u32, seconds: u64) -> Retry {
             max_attempts,
             base_delay: delay,
             max_delay: delay,
+            outcomes: PerOutcome::EVERY,
         },
         jitter: 0.5,
+        rules: call_orchestrator::domain::schedule::Rules::OFF,
     }
 }
 
@@ -102,9 +104,15 @@ async fn claimed(app: &TestApp, count: usize) -> Vec<Uuid> {
         .map(|i| new_call(&format!("+1415556{i:04}")))
         .collect();
     db::create_calls(&app.pool, &calls).await.unwrap();
-    let claimed = db::claim(&app.pool, 1000, count as u32, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let claimed = db::claim(
+        &app.pool,
+        1000,
+        count as u32,
+        Duration::from_secs(60),
+        &call_orchestrator::domain::schedule::Rules::OFF,
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), count);
     claimed.into_iter().map(|c| c.call.id).collect()
 }
@@ -389,9 +397,15 @@ async fn a_late_answer_to_a_throttled_attempt_never_touches_its_redial() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let redial = db::claim(&app.pool, 10, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let redial = db::claim(
+        &app.pool,
+        10,
+        10,
+        Duration::from_secs(60),
+        &call_orchestrator::domain::schedule::Rules::OFF,
+    )
+    .await
+    .unwrap();
     assert_eq!(redial.len(), 1);
     assert_eq!(redial[0].attempt, 1);
     assert_ne!(redial[0].attempt_id, first);

@@ -176,3 +176,56 @@ async fn a_busy_service_is_waited_for_not_taken_for_a_refusal() {
     assert_eq!(app.row_counts().await.0, 1);
     drop(slow);
 }
+
+#[tokio::test]
+async fn a_suppression_list_is_imported_and_its_bad_rows_named() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("do-not-call.csv");
+    std::fs::write(
+        &file,
+        "number,reason,expiresAt\n\
+         +1 (415) 555-0100,asked not to be called,\n\
+         +14155550101,complaint,2030-01-01T00:00:00Z\n\
+         4155550102,no plus,\n\
+         +14155550100,again,\n\
+         +14155550103,,\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(&app, &file, &["--suppressions"]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("line 4: `number` must start with +"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line 5: `number` is the number of line 2 too"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("line 6: `reason` must not be empty"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("5 rows: 2 suppressions written, 3 rejected"),
+        "{stdout}"
+    );
+    let (status, body) = app
+        .post(
+            "/api/v1/calls",
+            json!({"to": "+14155550101", "scriptId": "s"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (_, one) = app.get("/api/v1/suppressions/%2B14155550101").await;
+    assert_eq!(
+        one["data"]["expiresAt"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap(),
+        "2030-01-01T00:00:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    );
+}

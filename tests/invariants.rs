@@ -41,10 +41,16 @@ async fn simultaneous_claims_never_exceed_the_cap() {
             let start = start.clone();
             claims.push(tokio::spawn(async move {
                 start.wait().await;
-                call_orchestrator::db::claim(&pool, 7, 5, Duration::from_secs(60))
-                    .await
-                    .unwrap()
-                    .len()
+                call_orchestrator::db::claim(
+                    &pool,
+                    7,
+                    5,
+                    Duration::from_secs(60),
+                    &call_orchestrator::domain::schedule::Rules::OFF,
+                )
+                .await
+                .unwrap()
+                .len()
             }));
         }
         let mut total = 0;

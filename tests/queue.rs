@@ -262,9 +262,15 @@ async fn churn(app: &TestApp) {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let claimed = db::claim(pool, 10_000, 1500, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let claimed = db::claim(
+        pool,
+        10_000,
+        1500,
+        Duration::from_secs(60),
+        &call_orchestrator::domain::schedule::Rules::OFF,
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 1500);
     sqlx::query(
         "UPDATE calls SET status = 'COMPLETED', completed_at = now() WHERE status = 'IN_PROGRESS'",
@@ -356,9 +362,15 @@ async fn calls_held_by_a_patch_or_cancel_do_not_keep_the_claim_from_later_ones()
         .execute(&mut *holder)
         .await
         .unwrap();
-    let claimed = db::claim(&app.pool, 1, 1, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let claimed = db::claim(
+        &app.pool,
+        1,
+        1,
+        Duration::from_secs(60),
+        &call_orchestrator::domain::schedule::Rules::OFF,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         claimed.iter().map(|c| c.call.id).collect::<Vec<_>>(),
         [last],

@@ -298,9 +298,15 @@ async fn an_abandoned_attempt_is_rescued_with_the_same_key() {
         .to_owned();
     // A replica claims the call and dies before the provider's answer is recorded: here,
     // it got as far as sending the request, which the provider placed.
-    let claimed = call_orchestrator::db::claim(&app.pool, 30, 10, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let claimed = call_orchestrator::db::claim(
+        &app.pool,
+        30,
+        10,
+        Duration::from_secs(60),
+        &call_orchestrator::domain::schedule::Rules::OFF,
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 1);
     let first = provider.received().len();
     reqwest::Client::new()

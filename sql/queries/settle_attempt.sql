@@ -8,6 +8,8 @@
 --   $11 1 when the attempt does not count (a 429): the same number is dialed again
 --   $12 second event kind (COMPLETED, FAILED, RETRY_SCHEDULED, or NULL)   $13 its detail
 --   $14 true when a final webhook settles it (its repeats are duplicates from then on)
+--   $15 for PENDING: when its calling window (or notBefore) lets the retry go, if after
+--       the backoff   $16 why (calls.waiting_for)
 WITH ended AS (
     UPDATE call_attempts
     SET status = $4, error = $5, ended_at = now(),
@@ -20,7 +22,10 @@ moved AS (
         attempts = attempts - $11,
         last_error = CASE WHEN $8 = 'COMPLETED' THEN last_error ELSE COALESCE($5, last_error) END,
         duration_sec = COALESCE($10, duration_sec),
-        next_attempt_at = CASE WHEN $8 = 'PENDING' THEN now() + make_interval(secs => $9) END,
+        next_attempt_at = CASE WHEN $8 = 'PENDING'
+                               THEN greatest(now() + make_interval(secs => $9), $15::timestamptz) END,
+        waiting_for = CASE WHEN $8 = 'PENDING' AND $15::timestamptz > now() + make_interval(secs => $9)
+                           THEN $16::text END,
         completed_at = CASE WHEN $8 = 'PENDING' THEN NULL ELSE now() END,
         updated_at = now()
     WHERE id = $1 AND $8::call_status IS NOT NULL

@@ -9,6 +9,7 @@ use poem_openapi::{
     ApiResponse, OpenApi,
     param::{Header, Path, Query},
     payload::Json,
+    types::MaybeUndefined,
 };
 use uuid::Uuid;
 
@@ -19,12 +20,12 @@ use super::{
     models::{
         BatchCreateRequest, Call, CallEnvelope, CallPage, CallsEnvelope, Concurrency,
         CreateCallRequest, CursorPagination, EventPage, MetricsEnvelope, Pagination,
-        PatchCallRequest, Status, StatusCounts,
+        PatchCallRequest, SkippedCall, Status, StatusCounts,
     },
-    requests::{parse_batch, parse_request, plus_decoded_as_space},
+    requests::{parse_batch, parse_request, parse_timing, plus_decoded_as_space},
 };
 use crate::{
-    db::{self, CallFilter, CreateOutcome, NewCall},
+    db::{self, CallFilter, CreateOutcome},
     domain::{CallPayload, CallStatus, FieldError, PhoneNumber, merge_patch},
 };
 
@@ -82,8 +83,7 @@ impl CallsApi {
         request: &poem::Request,
     ) -> Result<CreatedCall, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
-        let payload = parse_request(body.0).map_err(ApiError::validation)?;
-        let call = NewCall::new(payload);
+        let call = parse_request(body.0, &state.rules).map_err(ApiError::validation)?;
         let id = call.id;
         let outcome = match key {
             Some(key) => {
@@ -111,7 +111,7 @@ impl CallsApi {
             tracing::info!(call_id = %call.id, "call created");
         }
         Ok(CreatedCall::Created(
-            Json(CallEnvelope::new(call.into())),
+            Json(CallEnvelope::new(Call::of(call, &state.rules))),
             replayed,
         ))
     }
@@ -138,29 +138,84 @@ impl CallsApi {
         request: &poem::Request,
     ) -> Result<CreatedCalls, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
-        let calls = parse_batch(body.0.calls)?;
-        let (created, replayed) = match key {
-            Some(key) => match create_under_key(state.0, request, "batch", &calls, key).await {
-                Ok(CreateOutcome::Created(created)) => (created, None),
-                Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
-                Err(db::DbError::IdempotencyConflict) => {
-                    return Err(ApiError::from_db(
-                        db::DbError::IdempotencyConflict,
-                        Uuid::nil(),
-                    ));
+        let skip_suppressed = body.0.skip_suppressed;
+        let mut calls = parse_batch(body.0.calls, &state.rules)?;
+        // With skipSuppressed, the calls to suppressed numbers are left out first, so that the
+        // rest go through the same paths (Idempotency-Key included) as any batch. Should a
+        // suppression land meanwhile, the insert still refuses its call (422).
+        let mut skipped = Vec::new();
+        let mut indexes: Vec<usize> = (0..calls.len()).collect();
+        if skip_suppressed {
+            let numbers: Vec<&str> = calls.iter().map(|c| c.payload.to.as_str()).collect();
+            let suppressed = db::suppressed_among(&state.pool, &numbers).await?;
+            if !suppressed.is_empty() {
+                let mut kept = Vec::with_capacity(calls.len());
+                let mut kept_indexes = Vec::with_capacity(calls.len());
+                for (index, call) in calls.into_iter().enumerate() {
+                    if suppressed.contains(call.payload.to.as_str()) {
+                        skipped.push(SkippedCall {
+                            index: index as u32,
+                            to: call.payload.to.as_str().to_owned(),
+                            code: "NUMBER_SUPPRESSED".into(),
+                        });
+                    } else {
+                        kept.push(call);
+                        kept_indexes.push(index);
+                    }
                 }
-                Err(err) => return Err(err.into()),
-            },
-            None => (db::create_calls(&state.pool, &calls).await?, None),
+                calls = kept;
+                indexes = kept_indexes;
+            }
+        }
+        let in_request = |mut err: db::DbError| {
+            if let db::DbError::Suppressed(list) = &mut err {
+                for item in list.iter_mut() {
+                    item.index = indexes.get(item.index).copied().unwrap_or(item.index);
+                }
+                return ApiError::suppressed(list, true);
+            }
+            err.into()
         };
-        if replayed.is_none() {
+        let (created, replayed) = if calls.is_empty() {
+            (Vec::new(), None)
+        } else {
+            match key {
+                Some(key) => match create_under_key(state.0, request, "batch", &calls, key).await {
+                    Ok(CreateOutcome::Created(created)) => (created, None),
+                    Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
+                    Err(db::DbError::IdempotencyConflict) => {
+                        return Err(ApiError::from_db(
+                            db::DbError::IdempotencyConflict,
+                            Uuid::nil(),
+                        ));
+                    }
+                    Err(err) => return Err(in_request(err)),
+                },
+                None => (
+                    db::create_calls(&state.pool, &calls)
+                        .await
+                        .map_err(in_request)?,
+                    None,
+                ),
+            }
+        };
+        if replayed.is_none() && !created.is_empty() {
             state.writers.wakeup.wake();
-            tracing::info!(count = created.len(), "batch created");
+            tracing::info!(
+                count = created.len(),
+                skipped = skipped.len(),
+                "batch created"
+            );
         }
         Ok(CreatedCalls::Created(
-            Json(CallsEnvelope::new(
-                created.into_iter().map(Call::from).collect(),
-            )),
+            Json(CallsEnvelope {
+                success: true,
+                data: created
+                    .into_iter()
+                    .map(|call| Call::of(call, &state.rules))
+                    .collect(),
+                skipped,
+            }),
             replayed,
         ))
     }
@@ -175,7 +230,7 @@ impl CallsApi {
         let call = db::get_call(&state.pool, id.0)
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
-        Ok(Json(CallEnvelope::new(call.into())))
+        Ok(Json(CallEnvelope::new(Call::of(call, &state.rules))))
     }
 
     /// Change a pending call
@@ -191,23 +246,95 @@ impl CallsApi {
         id: Path<Uuid>,
         body: Json<PatchCallRequest>,
     ) -> Result<Json<CallEnvelope>, ApiError> {
-        let patch = body.0.payload;
-        if !patch.is_object() {
+        let body = body.0;
+        if let Some(payload) = &body.payload
+            && !payload.is_object()
+        {
             return Err(ApiError::validation(vec![FieldError::new(
                 "payload",
                 "`payload` must be a JSON object (a merge patch of to, scriptId, metadata)",
             )]));
         }
-        let result = db::update_payload(&state.pool, id.0, &patch, |current| {
-            let mut merged = current.to_json();
-            merge_patch(&mut merged, &patch);
-            CallPayload::from_json(&merged)
-        })
+        if body.payload.is_none()
+            && body.not_before.is_undefined()
+            && body.not_after.is_undefined()
+            && body.timezone.is_undefined()
+        {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "payload",
+                "nothing to change: send `payload`, `notBefore`, `notAfter` or `timezone`",
+            )]));
+        }
+        // What the timeline records of the change: the payload's merge patch as `patch`,
+        // and each schedule field sent beside it.
+        let patch = body.payload.clone().unwrap_or(serde_json::Value::Null);
+        let mut record = serde_json::Map::new();
+        let shown = |change: &MaybeUndefined<chrono::DateTime<Utc>>| match change {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(serde_json::Value::Null),
+            MaybeUndefined::Value(at) => Some(at.to_rfc3339().into()),
+        };
+        let zone = match &body.timezone {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(serde_json::Value::Null),
+            MaybeUndefined::Value(name) => Some(name.0.clone().into()),
+        };
+        for (key, value) in [
+            ("notBefore", shown(&body.not_before)),
+            ("notAfter", shown(&body.not_after)),
+            ("timezone", zone),
+        ] {
+            if let Some(value) = value {
+                record.insert(key.into(), value);
+            }
+        }
+        let record = serde_json::Value::Object(record);
+        let result = db::update_call(
+            &state.pool,
+            id.0,
+            (&patch, &record),
+            &state.rules,
+            |current| {
+                let payload = match &body.payload {
+                    Some(patch) => {
+                        let mut merged = current.payload.to_json();
+                        merge_patch(&mut merged, patch);
+                        CallPayload::from_json(&merged)
+                    }
+                    None => Ok(current.payload.clone()),
+                };
+                let pick = |change: &MaybeUndefined<chrono::DateTime<Utc>>, now| match change {
+                    MaybeUndefined::Undefined => now,
+                    MaybeUndefined::Null => None,
+                    MaybeUndefined::Value(at) => Some(*at),
+                };
+                let timezone = match &body.timezone {
+                    MaybeUndefined::Undefined => {
+                        current.timing.timezone.map(|tz| tz.name().to_owned())
+                    }
+                    MaybeUndefined::Null => None,
+                    MaybeUndefined::Value(name) => Some(name.0.clone()),
+                };
+                let timing = parse_timing(
+                    pick(&body.not_before, current.timing.not_before),
+                    pick(&body.not_after, current.timing.not_after),
+                    timezone.as_deref(),
+                );
+                match (payload, timing) {
+                    (Ok(payload), Ok(timing)) => Ok((payload, timing)),
+                    (payload, timing) => Err([payload.err(), timing.err()]
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .collect::<Vec<_>>()),
+                }
+            },
+        )
         .await
         .map_err(|err| ApiError::from_db(err, id.0))?;
         let call = result.map_err(ApiError::validation)?;
         tracing::info!(call_id = %call.id, "call updated");
-        Ok(Json(CallEnvelope::new(call.into())))
+        Ok(Json(CallEnvelope::new(Call::of(call, &state.rules))))
     }
 
     /// Cancel a pending call
@@ -227,7 +354,7 @@ impl CallsApi {
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
         tracing::info!(call_id = %call.id, "call cancelled");
-        Ok(Json(CallEnvelope::new(call.into())))
+        Ok(Json(CallEnvelope::new(Call::of(call, &state.rules))))
     }
 
     /// List calls
@@ -276,7 +403,10 @@ impl CallsApi {
         let (calls, total) = db::list_calls(&state.pool, &filter).await?;
         Ok(Json(CallPage {
             success: true,
-            data: calls.into_iter().map(Call::from).collect(),
+            data: calls
+                .into_iter()
+                .map(|call| Call::of(call, &state.rules))
+                .collect(),
             pagination: Pagination {
                 page: filter.page,
                 limit: filter.limit,

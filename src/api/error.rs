@@ -26,6 +26,10 @@ pub enum ApiError {
     /// another body.
     #[oai(status = 409)]
     Conflict(Json<ErrorEnvelope>),
+    /// The request is well formed but the service will not act on it: the number is on the
+    /// suppression (do-not-call) list.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorEnvelope>),
     /// The request body is larger than the route accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorEnvelope>),
@@ -119,8 +123,36 @@ impl ApiError {
                 "IDEMPOTENCY_KEY_REUSED",
                 "this Idempotency-Key was used within 24 hours with a different request body",
             ),
+            DbError::Suppressed(calls) => Self::suppressed(&calls, false),
             DbError::Other(err) => Self::from_sqlx(err),
         }
+    }
+
+    /// 422 `NUMBER_SUPPRESSED`: calls to numbers on the suppression list, by index in a batch.
+    pub fn suppressed(calls: &[crate::db::Suppressed], batch: bool) -> Self {
+        let details: Vec<ErrorDetail> = calls
+            .iter()
+            .map(|call| ErrorDetail {
+                index: batch.then_some(call.index as u32),
+                field: Some("to".into()),
+                message: format!("`to` {} is on the suppression list", call.number),
+            })
+            .collect();
+        let message = if batch {
+            format!(
+                "{} of the calls are to suppressed numbers (items {}); nothing was created. \
+                 Send `\"skipSuppressed\": true` to leave them out instead",
+                calls.len(),
+                calls
+                    .iter()
+                    .map(|c| c.index.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            "`to` is on the suppression list: it is never called while suppressed".to_owned()
+        };
+        Self::Unprocessable(envelope("NUMBER_SUPPRESSED", message, details))
     }
 
     pub fn from_sqlx(err: sqlx::Error) -> Self {

@@ -28,7 +28,23 @@ pub(super) fn checked_key<'a>(
 /// Hash of what a request asks for: the route and its normalised calls, so that a key
 /// used on one route and replayed on the other, or with other calls, is a conflict.
 fn request_hash(route: &str, calls: &[NewCall]) -> Vec<u8> {
-    let payloads: Vec<serde_json::Value> = calls.iter().map(|c| c.payload.to_json()).collect();
+    // A call without a schedule of its own hashes as its payload alone, as before calls had
+    // one, so that keys stored then still answer their repeats.
+    let payloads: Vec<serde_json::Value> = calls
+        .iter()
+        .map(|c| {
+            if c.timing == Default::default() {
+                c.payload.to_json()
+            } else {
+                serde_json::json!({
+                    "payload": c.payload.to_json(),
+                    "notBefore": c.timing.not_before,
+                    "notAfter": c.timing.not_after,
+                    "timezone": c.timing.timezone.map(|tz| tz.name()),
+                })
+            }
+        })
+        .collect();
     let mut hash = Sha256::new();
     hash.update(route.as_bytes());
     hash.update([0]);

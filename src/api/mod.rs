@@ -8,6 +8,7 @@ mod idempotency;
 pub mod listener;
 pub mod models;
 mod requests;
+mod suppressions;
 mod webhooks;
 
 use std::{sync::Arc, time::Duration};
@@ -23,12 +24,13 @@ use sqlx::PgPool;
 use crate::{
     config::Config,
     db::{CreateBatcher, Wakeup, WebhookBatcher},
-    domain::WebhookTokens,
+    domain::{WebhookTokens, schedule::Rules},
     provider::{CallProvider, Verification},
 };
 
 pub use calls::{MAX_BATCH, MAX_LIMIT};
 pub use error::ApiError;
+pub use suppressions::check_reason;
 pub use webhooks::WebhookSignature;
 
 /// Largest body of the batch route: 1000 calls with room for sizeable metadata.
@@ -48,6 +50,9 @@ pub struct ClientScope(pub Vec<u8>);
 /// What the handlers share.
 pub struct ApiState {
     pub pool: PgPool,
+    /// The calling window, time zones and daily limit: when a new call falls due, and the
+    /// time zones each call shows.
+    pub rules: Rules,
     /// `MAX_CONCURRENT_CALLS`, reported by the metrics route.
     pub max_concurrent_calls: u32,
     /// SHA-256 of each of `API_KEYS`, computed once; empty: no authentication.
@@ -94,6 +99,7 @@ impl ApiState {
     ) -> Self {
         Self {
             pool,
+            rules: config.schedule_rules(),
             max_concurrent_calls: config.max_concurrent_calls,
             api_key_digests: config
                 .api_key_list()
@@ -124,14 +130,28 @@ pub enum ApiTags {
     Operations,
     /// Called by the AI call provider.
     Webhooks,
+    /// The do-not-call list: numbers that are never dialed.
+    Suppressions,
 }
 
 /// The OpenAPI service: the routes and their document. The handlers find the state as
 /// request data (see [`app`]), so the document needs none.
-pub fn service() -> OpenApiService<(calls::CallsApi, webhooks::WebhooksApi, health::HealthApi), ()>
-{
+pub fn service() -> OpenApiService<
+    (
+        calls::CallsApi,
+        suppressions::SuppressionsApi,
+        webhooks::WebhooksApi,
+        health::HealthApi,
+    ),
+    (),
+> {
     OpenApiService::new(
-        (calls::CallsApi, webhooks::WebhooksApi, health::HealthApi),
+        (
+            calls::CallsApi,
+            suppressions::SuppressionsApi,
+            webhooks::WebhooksApi,
+            health::HealthApi,
+        ),
         "call-orchestrator",
         env!("CARGO_PKG_VERSION"),
     )
@@ -229,7 +249,7 @@ async fn guard<E: Endpoint>(
         };
         req.extensions_mut().insert(ClientScope(key.to_vec()));
     }
-    let limit = if path == "/api/v1/calls/batch" {
+    let limit = if path == "/api/v1/calls/batch" || path == "/api/v1/suppressions/batch" {
         MAX_BATCH_BODY
     } else {
         MAX_BODY

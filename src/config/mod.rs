@@ -46,6 +46,15 @@ pub const KEYS: &[&str] = &[
     "RETRY_MAX_DELAY",
     "CALL_TIMEOUT",
     "PROVIDER_TIMEOUT",
+    "CALLING_WINDOW",
+    "CALLING_DAYS",
+    "DEFAULT_TIMEZONE",
+    "MAX_ATTEMPTS_PER_NUMBER_PER_DAY",
+    "RETRY_OUTCOMES",
+    "RETRY_DELAY_BUSY",
+    "RETRY_DELAY_NO_ANSWER",
+    "RETRY_DELAY_VOICEMAIL",
+    "RETRY_DELAY_FAILED",
     "API_KEYS",
     "HTTP_MAX_CONNECTIONS",
     "HTTP_MAX_IN_FLIGHT",
@@ -70,6 +79,10 @@ const VERBATIM: &[&str] = &[
     "AI_CALL_FROM_NUMBER",
     "AI_CALL_PHONE_NUMBER_ID",
     "TWILIO_ACCOUNT_SID",
+    "CALLING_WINDOW",
+    "CALLING_DAYS",
+    "DEFAULT_TIMEZONE",
+    "RETRY_OUTCOMES",
 ];
 
 /// How log lines are written.
@@ -133,6 +146,28 @@ pub struct Config {
     pub call_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub provider_timeout: Duration,
+    /// Hours of the callee's local day in which calls are dialed (`08:00-21:00`), or `off`.
+    #[serde(deserialize_with = "lenient_string")]
+    pub calling_window: String,
+    /// Days of the callee's week on which calls are dialed (`mon-sun`, `mon-fri`).
+    #[serde(deserialize_with = "lenient_string")]
+    pub calling_days: String,
+    /// The callee's zone when neither the call nor its number tells one (IANA name).
+    #[serde(deserialize_with = "lenient_string")]
+    pub default_timezone: String,
+    /// Dial attempts to one number within any 24 hours; 0 is no limit.
+    pub max_attempts_per_number_per_day: u32,
+    /// The provider outcomes that are retried (`FAILED,BUSY,NO_ANSWER,VOICEMAIL`).
+    #[serde(deserialize_with = "lenient_string")]
+    pub retry_outcomes: String,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_delay_busy: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_delay_no_answer: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_delay_voicemail: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_delay_failed: Option<Duration>,
     /// Comma-separated bearer keys; empty means no authentication.
     pub api_keys: Option<Secret>,
     /// Connections the HTTP server holds open at once; more wait in the kernel's backlog.
@@ -180,6 +215,15 @@ impl Default for Config {
             retry_max_delay: Duration::from_secs(30 * 60),
             call_timeout: Duration::from_secs(30 * 60),
             provider_timeout: Duration::from_secs(10),
+            calling_window: "08:00-21:00".into(),
+            calling_days: "mon-sun".into(),
+            default_timezone: "UTC".into(),
+            max_attempts_per_number_per_day: 0,
+            retry_outcomes: "FAILED,BUSY,NO_ANSWER,VOICEMAIL".into(),
+            retry_delay_busy: None,
+            retry_delay_no_answer: None,
+            retry_delay_voicemail: None,
+            retry_delay_failed: None,
             api_keys: None,
             http_max_connections: 1024,
             http_max_in_flight: 512,
@@ -269,13 +313,72 @@ impl Config {
         ))
     }
 
-    /// `MAX_RETRY_ATTEMPTS`, `RETRY_BASE_DELAY` and `RETRY_MAX_DELAY`.
+    /// `MAX_RETRY_ATTEMPTS`, `RETRY_BASE_DELAY`, `RETRY_MAX_DELAY`, `RETRY_OUTCOMES` and
+    /// `RETRY_DELAY_*` (checked by `validate`).
     pub fn retry_policy(&self) -> crate::domain::RetryPolicy {
+        use crate::domain::{FailedOutcome, PerOutcome};
+        let retried: Vec<FailedOutcome> = self
+            .retry_outcomes
+            .split(',')
+            .filter(|name| !name.trim().is_empty())
+            .filter_map(FailedOutcome::parse)
+            .collect();
+        let delays: Vec<(FailedOutcome, Duration)> = [
+            (FailedOutcome::Busy, self.retry_delay_busy),
+            (FailedOutcome::NoAnswer, self.retry_delay_no_answer),
+            (FailedOutcome::Voicemail, self.retry_delay_voicemail),
+            (FailedOutcome::Failed, self.retry_delay_failed),
+        ]
+        .into_iter()
+        .filter_map(|(outcome, delay)| Some((outcome, delay?)))
+        .collect();
         crate::domain::RetryPolicy {
             max_attempts: self.max_retry_attempts,
             base_delay: self.retry_base_delay,
             max_delay: self.retry_max_delay,
+            outcomes: PerOutcome::new(&retried, &delays),
         }
+    }
+
+    /// `CALLING_WINDOW`, `CALLING_DAYS`, `DEFAULT_TIMEZONE` and
+    /// `MAX_ATTEMPTS_PER_NUMBER_PER_DAY` (checked by `validate`).
+    pub fn schedule_rules(&self) -> crate::domain::schedule::Rules {
+        self.parse_schedule_rules()
+            .expect("the configuration was validated at load")
+    }
+
+    pub(crate) fn parse_schedule_rules(
+        &self,
+    ) -> Result<crate::domain::schedule::Rules, ConfigError> {
+        use crate::domain::schedule::{CallingWindow, Days, Hours, Rules};
+        let days =
+            Days::parse(&self.calling_days).map_err(|e| ConfigError::at("calling_days", e))?;
+        if days.is_empty() {
+            return Err(ConfigError::at(
+                "calling_days",
+                "must name at least one day",
+            ));
+        }
+        let window = self.calling_window.trim();
+        let hours = if window.eq_ignore_ascii_case("off") {
+            None
+        } else {
+            Some(Hours::parse(window).map_err(|e| ConfigError::at("calling_window", e))?)
+        };
+        let default_zone = self.default_timezone.trim().parse().map_err(|_| {
+            ConfigError::at(
+                "default_timezone",
+                format!(
+                    "`{}` is not an IANA time zone (e.g. America/New_York, UTC)",
+                    self.default_timezone
+                ),
+            )
+        })?;
+        Ok(Rules {
+            window: CallingWindow::new(hours, days),
+            default_zone,
+            max_attempts_per_number_per_day: self.max_attempts_per_number_per_day,
+        })
     }
 
     /// The bearer keys of `API_KEYS`, blanks dropped.
@@ -427,6 +530,45 @@ mod tests {
                 .database_url()
                 .expose()
                 .contains(":password@")
+        );
+    }
+
+    #[test]
+    fn the_calling_window_and_retry_settings_are_checked() {
+        let rules = load(&[], Needs::Database).unwrap().schedule_rules();
+        assert_eq!(
+            rules.window.to_string(),
+            "08:00-21:00 on mon,tue,wed,thu,fri,sat,sun"
+        );
+        assert_eq!(rules.default_zone, chrono_tz::Tz::UTC);
+        let off = load(&[("CALLING_WINDOW", "\"off\"")], Needs::Database).unwrap();
+        assert!(off.schedule_rules().window.is_off());
+        for (key, value) in [
+            ("CALLING_WINDOW", "\"8am-9pm\""),
+            ("CALLING_DAYS", "\"weekdays\""),
+            ("DEFAULT_TIMEZONE", "\"Mars/Olympus\""),
+            ("RETRY_OUTCOMES", "\"BUSY,COMPLETED\""),
+            ("RETRY_DELAY_BUSY", "\"2h\""),
+            ("MAX_ATTEMPTS_PER_NUMBER_PER_DAY", "5000"),
+        ] {
+            let err = load(&[(key, value)], Needs::Database).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let config = load(
+            &[
+                ("RETRY_OUTCOMES", "\"busy, NO_ANSWER\""),
+                ("RETRY_DELAY_BUSY", "\"10m\""),
+            ],
+            Needs::Database,
+        )
+        .unwrap();
+        let policy = config.retry_policy();
+        use crate::domain::FailedOutcome::*;
+        assert!(policy.outcomes.retries(Busy) && policy.outcomes.retries(NoAnswer));
+        assert!(!policy.outcomes.retries(Voicemail) && !policy.outcomes.retries(Failed));
+        assert_eq!(
+            policy.outcomes.base_delay(Busy),
+            Some(Duration::from_secs(600))
         );
     }
 

@@ -82,6 +82,47 @@ impl Config {
                 return Err(ConfigError::at(key, "must be at most a year"));
             }
         }
+        for (key, value) in [
+            ("retry_delay_busy", self.retry_delay_busy),
+            ("retry_delay_no_answer", self.retry_delay_no_answer),
+            ("retry_delay_voicemail", self.retry_delay_voicemail),
+            ("retry_delay_failed", self.retry_delay_failed),
+        ] {
+            match value {
+                Some(value) if value.is_zero() => {
+                    return Err(ConfigError::at(key, "must be longer than zero"));
+                }
+                Some(value) if value > self.retry_max_delay => {
+                    return Err(ConfigError::at(
+                        key,
+                        "must not be longer than RETRY_MAX_DELAY",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for name in self
+            .retry_outcomes
+            .split(',')
+            .filter(|n| !n.trim().is_empty())
+        {
+            if crate::domain::FailedOutcome::parse(name).is_none() {
+                return Err(ConfigError::at(
+                    "retry_outcomes",
+                    format!(
+                        "`{}` is not an outcome (FAILED, BUSY, NO_ANSWER, VOICEMAIL)",
+                        name.trim()
+                    ),
+                ));
+            }
+        }
+        if self.max_attempts_per_number_per_day > 1000 {
+            return Err(ConfigError::at(
+                "max_attempts_per_number_per_day",
+                "must be between 0 (no limit) and 1000",
+            ));
+        }
+        self.parse_schedule_rules()?;
         if self.retry_max_delay < self.retry_base_delay {
             return Err(ConfigError::at(
                 "retry_max_delay",

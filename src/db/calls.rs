@@ -6,7 +6,10 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::DbError;
-use crate::domain::{Call, CallPayload, CallStatus, PhoneNumber, ScriptId};
+use crate::domain::{
+    Call, CallPayload, CallStatus, CallTiming, PhoneNumber, ScriptId,
+    schedule::{Rules, Wait},
+};
 
 /// A row of `calls`, exactly as stored.
 #[derive(sqlx::FromRow)]
@@ -28,6 +31,10 @@ pub(crate) struct CallRow {
     updated_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
+    not_before: Option<DateTime<Utc>>,
+    not_after: Option<DateTime<Utc>>,
+    timezone: Option<String>,
+    waiting_for: Option<String>,
 }
 
 impl From<CallRow> for Call {
@@ -54,6 +61,12 @@ impl From<CallRow> for Call {
             updated_at: row.updated_at,
             started_at: row.started_at,
             completed_at: row.completed_at,
+            timing: CallTiming {
+                not_before: row.not_before,
+                not_after: row.not_after,
+                // Only names the time zone database knows are stored.
+                timezone: row.timezone.and_then(|tz| tz.parse().ok()),
+            },
         }
     }
 }
@@ -63,13 +76,26 @@ impl From<CallRow> for Call {
 pub struct NewCall {
     pub id: Uuid,
     pub payload: CallPayload,
+    pub timing: CallTiming,
+    /// When the schedule says it falls due, if later than at once, and why.
+    pub due: Option<(DateTime<Utc>, Wait)>,
 }
 
 impl NewCall {
+    /// A call due at once.
     pub fn new(payload: CallPayload) -> Self {
+        Self::scheduled(payload, CallTiming::default(), &Rules::OFF)
+    }
+
+    /// A call due when `rules` say, from now.
+    pub fn scheduled(payload: CallPayload, timing: CallTiming, rules: &Rules) -> Self {
+        let now = Utc::now();
+        let (at, why) = rules.schedule(&timing.of(&payload.to), now);
         Self {
             id: Uuid::now_v7(),
+            due: why.filter(|_| at > now).map(|why| (at, why)),
             payload,
+            timing,
         }
     }
 }
@@ -93,6 +119,8 @@ pub struct IdempotencyKey<'a> {
     pub request_hash: &'a [u8],
 }
 
+/// Inserts calls, leaving out those whose number is suppressed; returns the rows inserted,
+/// oldest first.
 async fn insert_calls<'e, E>(executor: E, calls: &[NewCall]) -> Result<Vec<Call>, sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
@@ -104,20 +132,80 @@ where
         .iter()
         .map(|c| Value::Object(c.payload.metadata.clone()))
         .collect();
+    let not_before: Vec<Option<DateTime<Utc>>> =
+        calls.iter().map(|c| c.timing.not_before).collect();
+    let not_after: Vec<Option<DateTime<Utc>>> = calls.iter().map(|c| c.timing.not_after).collect();
+    let zones: Vec<Option<&str>> = calls
+        .iter()
+        .map(|c| c.timing.timezone.as_ref().map(|tz| tz.name()))
+        .collect();
+    let due: Vec<Option<DateTime<Utc>>> = calls.iter().map(|c| c.due.map(|(at, _)| at)).collect();
+    let why: Vec<Option<&str>> = calls
+        .iter()
+        .map(|c| c.due.map(|(_, why)| why.as_str()))
+        .collect();
     let rows: Vec<CallRow> = sqlx::query_as(include_str!("../../sql/queries/insert_calls.sql"))
         .bind(ids)
         .bind(numbers)
         .bind(scripts)
         .bind(metadata)
+        .bind(not_before)
+        .bind(not_after)
+        .bind(zones)
+        .bind(due)
+        .bind(why)
         .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(Call::from).collect())
 }
 
-/// Stores calls in one transaction, in the order given; all or nothing.
+/// The calls of `calls` that `created` lacks: their numbers are suppressed.
+fn suppressed(calls: &[NewCall], created: &[Call]) -> Vec<Suppressed> {
+    let stored: std::collections::HashSet<Uuid> = created.iter().map(|c| c.id).collect();
+    calls
+        .iter()
+        .enumerate()
+        .filter(|(_, call)| !stored.contains(&call.id))
+        .map(|(index, call)| Suppressed {
+            index,
+            number: call.payload.to.as_str().to_owned(),
+        })
+        .collect()
+}
+
+/// A call left out because its number is suppressed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suppressed {
+    /// Its index in the request.
+    pub index: usize,
+    pub number: String,
+}
+
+/// Stores calls in one transaction, in the order given; with `skip_suppressed`, leaves out
+/// those whose number is suppressed and names them, else stores nothing when one is
+/// (`DbError::Suppressed`).
+pub async fn create_calls_skipping(
+    pool: &PgPool,
+    calls: &[NewCall],
+    skip_suppressed: bool,
+) -> Result<(Vec<Call>, Vec<Suppressed>), DbError> {
+    let mut tx = pool.begin().await?;
+    let created = insert_calls(&mut *tx, calls).await?;
+    let left_out = suppressed(calls, &created);
+    if !left_out.is_empty() && !skip_suppressed {
+        tx.rollback().await?;
+        return Err(DbError::Suppressed(left_out));
+    }
+    tx.commit().await?;
+    Ok((created, left_out))
+}
+
+/// Stores calls in one transaction, in the order given; all or nothing (none when one's
+/// number is suppressed).
 pub async fn create_calls(pool: &PgPool, calls: &[NewCall]) -> Result<Vec<Call>, DbError> {
-    // One statement is one transaction: a failure leaves nothing behind.
-    Ok(insert_calls(pool, calls).await?)
+    create_calls_skipping(pool, calls, false)
+        .await
+        .map(|(created, _)| created)
 }
 
 /// Stores calls that arrived together in one statement (group commit), in the order
@@ -136,7 +224,7 @@ pub async fn create_each(pool: &PgPool, calls: &[NewCall]) -> Vec<Result<Call, D
                 .collect();
             Ok(calls
                 .iter()
-                .map(|call| by_id.remove(&call.id).ok_or(DbError::NotFound))
+                .map(|call| by_id.remove(&call.id).ok_or_else(|| suppressed_one(call)))
                 .collect())
         },
         |call| create_one(pool, call),
@@ -146,7 +234,15 @@ pub async fn create_each(pool: &PgPool, calls: &[NewCall]) -> Vec<Result<Call, D
 
 async fn create_one(pool: &PgPool, call: &NewCall) -> Result<Call, DbError> {
     let mut created = insert_calls(pool, std::slice::from_ref(call)).await?;
-    created.pop().ok_or(DbError::NotFound)
+    created.pop().ok_or_else(|| suppressed_one(call))
+}
+
+/// A single create the insert left out: its number is suppressed.
+fn suppressed_one(call: &NewCall) -> DbError {
+    DbError::Suppressed(vec![Suppressed {
+        index: 0,
+        number: call.payload.to.as_str().to_owned(),
+    }])
 }
 
 /// Stores calls (one, or a batch, all or nothing) under an `Idempotency-Key`, in the same
@@ -165,6 +261,11 @@ pub async fn create_idempotent(
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
         let created = insert_calls(&mut *tx, calls).await?;
+        let left_out = suppressed(calls, &created);
+        if !left_out.is_empty() {
+            tx.rollback().await?;
+            return Err(DbError::Suppressed(left_out));
+        }
         let claimed: Option<Uuid> =
             sqlx::query_scalar(include_str!("../../sql/queries/claim_idempotency_key.sql"))
                 .bind(key.scope)
@@ -223,37 +324,74 @@ pub async fn get_call(pool: &PgPool, id: Uuid) -> Result<Call, DbError> {
     row.map(Call::from).ok_or(DbError::NotFound)
 }
 
-/// Replaces the payload of a `PENDING` call with what `patch` makes of it. The row is
-/// locked while the patch is validated, so the dispatcher either claims the call before
-/// (and the patch is refused) or after (and dials the patched payload).
-pub async fn update_payload<F, E>(
+/// Replaces the payload and schedule of a `PENDING` call with what `apply` makes of them,
+/// and moves its due time where `rules` say. The row is locked while the change is
+/// validated, so the dispatcher either claims the call before (and the change is refused)
+/// or after (and dials the changed call). `patch` is recorded on the timeline: the payload's
+/// merge patch (or null) and the schedule fields changed.
+pub async fn update_call<F, E>(
     pool: &PgPool,
     id: Uuid,
-    patch: &Value,
+    patch: (&Value, &Value),
+    rules: &Rules,
     apply: F,
 ) -> Result<Result<Call, E>, DbError>
 where
-    F: FnOnce(&CallPayload) -> Result<CallPayload, E>,
+    F: FnOnce(&Call) -> Result<(CallPayload, CallTiming), E>,
 {
     let mut tx = pool.begin().await?;
     let row: Option<CallRow> = sqlx::query_as("SELECT * FROM calls WHERE id = $1 FOR UPDATE")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-    let current = Call::from(row.ok_or(DbError::NotFound)?);
+    let row = row.ok_or(DbError::NotFound)?;
+    let waiting_for = row.waiting_for.clone();
+    let current = Call::from(row);
     if current.status != CallStatus::Pending {
         return Err(DbError::NotPending(current.status));
     }
-    let payload = match apply(&current.payload) {
-        Ok(payload) => payload,
+    let (payload, timing) = match apply(&current) {
+        Ok(changed) => changed,
         Err(err) => return Ok(Err(err)),
+    };
+    if payload.to != current.payload.to {
+        let suppressed: Option<String> = sqlx::query_scalar(
+            "SELECT number FROM suppressions
+             WHERE number = $1 AND (expires_at IS NULL OR expires_at > now())",
+        )
+        .bind(payload.to.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(number) = suppressed {
+            return Err(DbError::Suppressed(vec![Suppressed { index: 0, number }]));
+        }
+    }
+    // A change of the number or of the schedule schedules the call afresh: from when it fell
+    // due (so a call keeps its place in the queue where its new window allows), or from
+    // now when its old schedule had moved it. Any other change leaves its due time alone.
+    let (due, why) = if payload.to == current.payload.to && timing == current.timing {
+        (current.next_attempt_at, waiting_for)
+    } else {
+        let now = Utc::now();
+        let base = match (current.next_attempt_at, &waiting_for) {
+            (Some(due), None) => due,
+            _ => now,
+        };
+        let (due, why) = rules.schedule(&timing.of(&payload.to), base);
+        (Some(due), why.map(|w| w.as_str().to_owned()))
     };
     let row: CallRow = sqlx::query_as(include_str!("../../sql/queries/update_payload.sql"))
         .bind(id)
         .bind(payload.to.as_str())
         .bind(payload.script_id.as_str())
         .bind(Value::Object(payload.metadata))
-        .bind(patch)
+        .bind(patch.0)
+        .bind(timing.not_before)
+        .bind(timing.not_after)
+        .bind(timing.timezone.as_ref().map(|tz| tz.name()))
+        .bind(due)
+        .bind(why)
+        .bind(patch.1)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -6,8 +6,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use uuid::Uuid;
+
 use super::{DbError, calls::CallRow};
-use crate::domain::Call;
+use crate::domain::{
+    Call, PhoneNumber,
+    schedule::{Candidate, Rules, Timing, Verdict},
+};
 
 /// Key of the transaction-scoped advisory lock that serialises claims across replicas.
 pub(super) const CLAIM_LOCK: i64 = 0x6361_6c6c_5f6f_7263; // "call_orc"
@@ -45,17 +50,96 @@ impl Claimed {
 struct ClaimedRow {
     #[sqlx(flatten)]
     call: CallRow,
-    due_at: DateTime<Utc>,
     attempt_id: i64,
 }
 
-/// Claims up to `max` due calls within the cap; see `sql/queries/claim_calls.sql` for why
-/// the count is exact. A claim the one-number-in-progress index refuses is tried again.
+/// A due call the first half of a claim locked (`sql/queries/claim_calls.sql`).
+#[derive(sqlx::FromRow)]
+struct CandidateRow {
+    id: Uuid,
+    to_number: String,
+    due_at: DateTime<Utc>,
+    timezone: Option<String>,
+    not_before: Option<DateTime<Utc>>,
+    not_after: Option<DateTime<Utc>>,
+    free: i64,
+    now: DateTime<Utc>,
+    suppressed: Option<String>,
+    recent_dials: Vec<DateTime<Utc>>,
+}
+
+/// What the schedule made of one round of candidates: the second half's lists
+/// (`sql/queries/claim_apply.sql`).
+#[derive(Default)]
+struct Sorted {
+    dial: Vec<Uuid>,
+    later: (Vec<Uuid>, Vec<DateTime<Utc>>, Vec<&'static str>),
+    expire: (Vec<Uuid>, Vec<String>),
+    cancel: (Vec<Uuid>, Vec<String>),
+}
+
+impl Sorted {
+    /// Whether the round moved calls out of the way, so that another may find more.
+    fn moved_any(&self) -> bool {
+        !(self.later.0.is_empty() && self.expire.0.is_empty() && self.cancel.0.is_empty())
+    }
+}
+
+/// Asks the schedule about each candidate, in order, and keeps up to `free` of those it
+/// admits, one per number.
+fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
+    let mut sorted = Sorted::default();
+    let mut numbers = std::collections::HashSet::new();
+    for row in candidates {
+        let number = PhoneNumber::from_trusted(row.to_number.clone());
+        let candidate = Candidate {
+            timing: Timing {
+                number: &number,
+                timezone: row.timezone.as_deref().and_then(|tz| tz.parse().ok()),
+                not_before: row.not_before,
+                not_after: row.not_after,
+            },
+            suppressed: row.suppressed.as_deref(),
+            recent_dials: &row.recent_dials,
+        };
+        match rules.admit(&candidate, row.now) {
+            Verdict::Dial => {
+                if sorted.dial.len() < free && numbers.insert(row.to_number.as_str()) {
+                    sorted.dial.push(row.id);
+                }
+            }
+            Verdict::Wait { until, why } => {
+                sorted.later.0.push(row.id);
+                sorted.later.1.push(until);
+                sorted.later.2.push(why.as_str());
+            }
+            Verdict::Expire(error) => {
+                sorted.expire.0.push(row.id);
+                sorted.expire.1.push(error);
+            }
+            Verdict::Cancel(error) => {
+                sorted.cancel.0.push(row.id);
+                sorted.cancel.1.push(error);
+            }
+        }
+    }
+    sorted
+}
+
+/// Rounds of one claim: a round that moves calls out of the way (their window, their
+/// deadline) is followed by another, so that they do not cost the calls behind them a turn.
+const ROUNDS: usize = 4;
+
+/// Claims up to `max` due calls within the cap, each admitted by `rules` (its window, its
+/// deadline, its number's suppression and daily limit) at claim time, whatever was decided
+/// when it was queued; moves the others on. See `sql/queries/claim_calls.sql` for why the
+/// count is exact. A claim the one-number-in-progress index refuses is tried again.
 pub async fn claim(
     pool: &PgPool,
     cap: u32,
     max: u32,
     lease: Duration,
+    rules: &Rules,
 ) -> Result<Vec<Claimed>, DbError> {
     for _ in 0..3 {
         // READ COMMITTED, whatever the server's default: the claim's exactness argument
@@ -64,35 +148,21 @@ pub async fn claim(
         let mut tx = pool
             .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CLAIM_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let rows: Result<Vec<ClaimedRow>, sqlx::Error> =
-            sqlx::query_as(include_str!("../../sql/queries/claim_calls.sql"))
-                .bind(i64::from(cap))
-                .bind(i64::from(max))
-                .bind(lease.as_secs_f64())
-                .fetch_all(&mut *tx)
-                .await;
-        match rows {
-            Ok(rows) => {
+        // A replica that stalls while it holds the claim lock (stopped, swapped out, its
+        // network gone) would hold every other replica's claims until its connection dies:
+        // the server ends its session after a few idle seconds instead, which rolls the
+        // claim back and frees the lock.
+        sqlx::query(
+            "SELECT set_config('idle_in_transaction_session_timeout', '5s', true),
+                    pg_advisory_xact_lock($1)",
+        )
+        .bind(CLAIM_LOCK)
+        .execute(&mut *tx)
+        .await?;
+        match claim_rounds(&mut tx, cap, max, lease, rules).await {
+            Ok(claimed) => {
                 tx.commit().await?;
-                return Ok(rows
-                    .into_iter()
-                    .map(|row| {
-                        let call = Call::from(row.call);
-                        Claimed {
-                            attempt: call.attempts,
-                            attempt_id: row.attempt_id,
-                            call,
-                            due_at: Some(row.due_at),
-                            claimed_at: Utc::now(),
-                            known_provider_ids: Vec::new(),
-                            rescues: 0,
-                        }
-                    })
-                    .collect());
+                return Ok(claimed);
             }
             Err(err) if is_unique_violation(&err) => {
                 tracing::warn!(error = %err, "claim refused by the one-call-per-number index; claiming again");
@@ -102,6 +172,76 @@ pub async fn claim(
         }
     }
     Ok(Vec::new())
+}
+
+async fn claim_rounds(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    cap: u32,
+    max: u32,
+    lease: Duration,
+    rules: &Rules,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let mut claimed = Vec::new();
+    for _ in 0..ROUNDS {
+        let wanted = max.saturating_sub(claimed.len() as u32);
+        let candidates: Vec<CandidateRow> =
+            sqlx::query_as(include_str!("../../sql/queries/claim_calls.sql"))
+                .bind(i64::from(cap))
+                .bind(i64::from(wanted))
+                .bind(rules.max_attempts_per_number_per_day > 0)
+                .fetch_all(&mut **tx)
+                .await?;
+        let Some(first) = candidates.first() else {
+            break;
+        };
+        let free = usize::try_from(first.free).unwrap_or(0);
+        let sorted = sort(&candidates, free, rules);
+        let due: std::collections::HashMap<Uuid, DateTime<Utc>> =
+            candidates.iter().map(|c| (c.id, c.due_at)).collect();
+        let rows: Vec<ClaimedRow> =
+            sqlx::query_as(include_str!("../../sql/queries/claim_apply.sql"))
+                .bind(&sorted.dial)
+                .bind(lease.as_secs_f64())
+                .bind(&sorted.later.0)
+                .bind(&sorted.later.1)
+                .bind(&sorted.later.2)
+                .bind(&sorted.expire.0)
+                .bind(&sorted.expire.1)
+                .bind(&sorted.cancel.0)
+                .bind(&sorted.cancel.1)
+                .fetch_all(&mut **tx)
+                .await?;
+        let held = sorted.later.0.len() + sorted.expire.0.len() + sorted.cancel.0.len();
+        if held > 0 {
+            tracing::debug!(
+                waiting = sorted.later.0.len(),
+                expired = sorted.expire.0.len(),
+                cancelled = sorted.cancel.0.len(),
+                "the schedule held calls back at their turn"
+            );
+            crate::metrics::claim_held(
+                sorted.later.2.iter().copied(),
+                sorted.expire.0.len(),
+                sorted.cancel.0.len(),
+            );
+        }
+        claimed.extend(rows.into_iter().map(|row| {
+            let call = Call::from(row.call);
+            Claimed {
+                attempt: call.attempts,
+                attempt_id: row.attempt_id,
+                due_at: due.get(&call.id).copied(),
+                call,
+                claimed_at: Utc::now(),
+                known_provider_ids: Vec::new(),
+                rescues: 0,
+            }
+        }));
+        if !sorted.moved_any() || claimed.len() as u32 >= max || sorted.dial.len() >= free {
+            break;
+        }
+    }
+    Ok(claimed)
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {

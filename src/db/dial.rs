@@ -55,7 +55,7 @@ pub async fn record_dial_outcome(
         u32::try_from(rate_limited_before).unwrap_or(u32::MAX),
         retry,
     );
-    apply(&mut tx, call_id, &locked, &decision).await?;
+    apply(&mut tx, call_id, &locked, &decision, &retry.rules).await?;
     tx.commit().await?;
     Ok(decision.retry)
 }

@@ -6,6 +6,7 @@ mod claim;
 mod dial;
 mod events;
 mod settle;
+mod suppressions;
 mod sweeps;
 mod upkeep;
 mod webhooks;
@@ -21,13 +22,20 @@ use crate::domain::{WebhookUpdate, decide::WebhookOutcome};
 
 pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
-    CallFilter, CreateOutcome, IdempotencyKey, NewCall, cancel_call, count_by_status, create_calls,
-    create_each, create_idempotent, get_call, list_calls, update_payload,
+    CallFilter, CreateOutcome, IdempotencyKey, NewCall, Suppressed, cancel_call, count_by_status,
+    create_calls, create_calls_skipping, create_each, create_idempotent, get_call, list_calls,
+    update_call,
 };
 pub use claim::{Claimed, claim, next_due};
 pub use dial::{Accepted, record_accepted_each, record_dial_outcome};
 pub use events::list_events;
-pub use sweeps::{Reconcilable, expire_overdue, take_abandoned, take_reconcilable};
+pub use suppressions::{
+    NewSuppression, Suppression, delete_suppression, get_suppression, list_suppressions,
+    put_suppressions, suppressed_among,
+};
+pub use sweeps::{
+    Reconcilable, expire_deadlines, expire_overdue, take_abandoned, take_reconcilable,
+};
 pub use upkeep::{
     QUEUE_UPKEEP_LOCK, QueueUpkeep, owns_queue, purge_idempotency_keys, purge_webhook_receipts,
     queue_upkeep,
@@ -91,6 +99,9 @@ pub enum DbError {
     NotPending(crate::domain::CallStatus),
     #[error("the Idempotency-Key was already used with another request body")]
     IdempotencyConflict,
+    /// Calls to suppressed numbers, left out of a create.
+    #[error("the number is suppressed")]
+    Suppressed(Vec<calls::Suppressed>),
     #[error(transparent)]
     Other(#[from] sqlx::Error),
 }

@@ -6,9 +6,12 @@
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::{
-    AttemptState, AttemptStatus, CallStatus,
+    AttemptState, AttemptStatus, CallStatus, CallTiming, PhoneNumber,
     decide::{Decision, Effect, Entry, Settlement},
+    schedule::Rules,
 };
 
 pub(crate) type Tx<'a> = Transaction<'a, Postgres>;
@@ -18,6 +21,9 @@ pub(crate) struct Locked {
     /// The attempt's row.
     pub attempt_id: i64,
     pub state: AttemptState,
+    /// The call's number and schedule, where a retry must land.
+    pub number: PhoneNumber,
+    pub timing: CallTiming,
 }
 
 /// Which attempt of a call to lock.
@@ -35,13 +41,26 @@ pub(crate) async fn lock(
     call_id: Uuid,
     which: Which,
 ) -> Result<Option<Locked>, sqlx::Error> {
-    let call: Option<(CallStatus, i32)> =
-        sqlx::query_as(include_str!("../../sql/queries/lock_call.sql"))
-            .bind(call_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let Some((call_status, call_attempts)) = call else {
+    #[allow(clippy::type_complexity)]
+    let call: Option<(
+        CallStatus,
+        i32,
+        String,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    )> = sqlx::query_as(include_str!("../../sql/queries/lock_call.sql"))
+        .bind(call_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((call_status, call_attempts, number, timezone, not_before, not_after)) = call else {
         return Ok(None);
+    };
+    let number = PhoneNumber::from_trusted(number);
+    let timing = CallTiming {
+        not_before,
+        not_after,
+        timezone: timezone.and_then(|tz| tz.parse().ok()),
     };
     let row: Option<(i64, AttemptStatus, Option<String>, bool, i32)> = match which {
         Which::Number(attempt) => {
@@ -62,6 +81,8 @@ pub(crate) async fn lock(
     Ok(row.map(
         |(attempt_id, status, provider_call_id, final_webhook, attempt)| Locked {
             attempt_id,
+            number,
+            timing,
             state: AttemptState {
                 call_status,
                 call_attempts,
@@ -74,12 +95,14 @@ pub(crate) async fn lock(
     ))
 }
 
-/// Writes `decision` about the locked attempt of `call_id`.
+/// Writes `decision` about the locked attempt of `call_id`; a retry lands inside the call's
+/// calling window as `rules` draw it.
 pub(crate) async fn apply(
     tx: &mut Tx<'_>,
     call_id: Uuid,
     locked: &Locked,
     decision: &Decision,
+    rules: &Rules,
 ) -> Result<(), sqlx::Error> {
     let attempt = locked.state.attempt;
     if let Some(provider_call_id) = &decision.bind_provider_call_id {
@@ -111,7 +134,7 @@ pub(crate) async fn apply(
                 .await?;
             event(tx, call_id, attempt, entry).await?;
         }
-        Effect::Settle(settlement) => settle(tx, call_id, locked, settlement).await?,
+        Effect::Settle(settlement) => settle(tx, call_id, locked, settlement, rules).await?,
     }
     Ok(())
 }
@@ -139,6 +162,7 @@ async fn settle(
     call_id: Uuid,
     locked: &Locked,
     settlement: &Settlement,
+    rules: &Rules,
 ) -> Result<(), sqlx::Error> {
     use crate::domain::decide::CallMove;
     let attempt = locked.state.attempt;
@@ -146,6 +170,18 @@ async fn settle(
         CallMove::Retry { delay, counts } => (delay.as_secs_f64(), i32::from(!counts), None),
         CallMove::Complete { duration_sec } => (0.0, 0, *duration_sec),
         CallMove::Stay | CallMove::Fail { .. } => (0.0, 0, None),
+    };
+    // A backoff that ends outside the call's window (or before its notBefore) is moved to
+    // the opening; the claim checks again when it falls due.
+    let moved = match &settlement.call {
+        CallMove::Retry { delay, .. } => {
+            let due = Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default();
+            match rules.schedule(&locked.timing.of(&locked.number), due) {
+                (at, Some(why)) if at > due => Some((at, why.as_str())),
+                _ => None,
+            }
+        }
+        _ => None,
     };
     let then = settlement.call.entry(attempt);
     sqlx::query(include_str!("../../sql/queries/settle_attempt.sql"))
@@ -163,6 +199,8 @@ async fn settle(
         .bind(then.as_ref().map(|e| e.kind))
         .bind(then.as_ref().map(|e| &e.detail))
         .bind(settlement.final_webhook)
+        .bind(moved.map(|(at, _)| at))
+        .bind(moved.map(|(_, why)| why))
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -19,6 +19,16 @@ pub async fn expire_overdue(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid
     )
 }
 
+/// Expires `PENDING` calls whose `notAfter` has passed; returns their ids.
+pub async fn expire_deadlines(pool: &PgPool) -> Result<Vec<Uuid>, DbError> {
+    Ok(
+        sqlx::query_scalar(include_str!("../../sql/queries/expire_deadlines.sql"))
+            .bind(1000_i64)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 /// Takes over attempts whose dialer's lease ran out; returns them, ready to send again.
 pub async fn take_abandoned(pool: &PgPool, lease: Duration) -> Result<Vec<Claimed>, DbError> {
     let taken: Vec<(i64, Uuid, i32, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(

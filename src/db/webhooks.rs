@@ -153,7 +153,7 @@ async fn apply_in(
                 )));
             }
         }
-        apply(tx, call_id, &locked, &decision).await?;
+        apply(tx, call_id, &locked, &decision, &retry.rules).await?;
     }
     Ok(Some(outcome))
 }

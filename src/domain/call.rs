@@ -86,6 +86,31 @@ pub struct Call {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When it may be dialed, and in which time zone its callee lives.
+    pub timing: CallTiming,
+}
+
+/// A call's own scheduling fields, as the client set them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallTiming {
+    /// Not dialed before this instant.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Still `PENDING` at this instant: `EXPIRED`, never dialed.
+    pub not_after: Option<DateTime<Utc>>,
+    /// The callee's time zone, when the client named one.
+    pub timezone: Option<chrono_tz::Tz>,
+}
+
+impl CallTiming {
+    /// What the schedule's rules read of a call to `number`.
+    pub fn of<'a>(&self, number: &'a super::PhoneNumber) -> super::schedule::Timing<'a> {
+        super::schedule::Timing {
+            number,
+            timezone: self.timezone,
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
 }
 
 /// What happened to a call, one entry of its timeline (`call_events.kind`).
@@ -122,10 +147,13 @@ pub enum EventKind {
     DialUnknown,
     /// A look-up at the provider found where an attempt stands (reconciliation).
     Reconciled,
+    /// The schedule moved the call to later: its window, its `notBefore`, its number's
+    /// daily limit.
+    Waiting,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         Self::Created,
         Self::Updated,
         Self::Cancelled,
@@ -141,6 +169,7 @@ impl EventKind {
         Self::Rescued,
         Self::DialUnknown,
         Self::Reconciled,
+        Self::Waiting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -160,6 +189,7 @@ impl EventKind {
             Self::Rescued => "RESCUED",
             Self::DialUnknown => "DIAL_UNKNOWN",
             Self::Reconciled => "RECONCILED",
+            Self::Waiting => "WAITING",
         }
     }
 

@@ -28,13 +28,13 @@ pub mod schedule;
 mod webhook_token;
 
 pub use attempt::{AttemptState, AttemptStatus};
-pub use call::{Call, CallEvent, CallStatus, EventKind};
+pub use call::{Call, CallEvent, CallStatus, CallTiming, EventKind};
 pub use outcome::{DialOutcome, ProviderStatus, ReportSource, WebhookUpdate};
 pub use payload::{
     CallPayload, FieldError, MAX_METADATA_BYTES, MAX_SCRIPT_ID_LEN, ScriptId, merge_patch,
 };
 pub use phone::{PhoneError, PhoneNumber};
-pub use retry::{RetryDecision, RetryPolicy};
+pub use retry::{FailedOutcome, PerOutcome, RetryDecision, RetryPolicy};
 pub use webhook_token::WebhookTokens;
 
 /// Decodes a Standard Webhooks secret (`whsec_` followed by base64) into its key bytes.

@@ -73,6 +73,18 @@ impl ProviderStatus {
         }
     }
 
+    /// The outcome of a call that did not complete, which `RETRY_OUTCOMES` may retry.
+    pub fn failed_outcome(self) -> Option<super::FailedOutcome> {
+        use super::FailedOutcome;
+        match self {
+            Self::Failed => Some(FailedOutcome::Failed),
+            Self::Busy => Some(FailedOutcome::Busy),
+            Self::NoAnswer => Some(FailedOutcome::NoAnswer),
+            Self::Voicemail => Some(FailedOutcome::Voicemail),
+            _ => None,
+        }
+    }
+
     /// The end of the attempt (the rest is progress, recorded on the timeline only).
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Queued | Self::Ringing | Self::InProgress)

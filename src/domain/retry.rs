@@ -10,13 +10,91 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The shortest wait after a 429, whatever its `Retry-After` says.
 pub const MIN_RATE_LIMIT_DELAY: Duration = Duration::from_secs(1);
 
-/// `RETRY_BASE_DELAY × 2^(attempt−1)`, capped at `RETRY_MAX_DELAY`, with jitter.
+/// `RETRY_BASE_DELAY × 2^(attempt−1)`, capped at `RETRY_MAX_DELAY`, with jitter; per
+/// outcome, whether it is retried at all (`RETRY_OUTCOMES`) and from which base
+/// (`RETRY_DELAY_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Dial attempts per call, the first included.
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    pub outcomes: PerOutcome,
+}
+
+/// The provider's outcomes of a call that did not complete, which may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailedOutcome {
+    Failed,
+    Busy,
+    NoAnswer,
+    Voicemail,
+}
+
+impl FailedOutcome {
+    pub const ALL: [FailedOutcome; 4] = [Self::Failed, Self::Busy, Self::NoAnswer, Self::Voicemail];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failed => "FAILED",
+            Self::Busy => "BUSY",
+            Self::NoAnswer => "NO_ANSWER",
+            Self::Voicemail => "VOICEMAIL",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What `RETRY_OUTCOMES` and `RETRY_DELAY_*` say about each [`FailedOutcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerOutcome {
+    retried: [bool; 4],
+    base_delay: [Option<Duration>; 4],
+}
+
+impl Default for PerOutcome {
+    fn default() -> Self {
+        Self::EVERY
+    }
+}
+
+impl PerOutcome {
+    /// Every outcome retried, each from `RETRY_BASE_DELAY` (the default).
+    pub const EVERY: PerOutcome = PerOutcome {
+        retried: [true; 4],
+        base_delay: [None; 4],
+    };
+
+    pub fn new(retried: &[FailedOutcome], delays: &[(FailedOutcome, Duration)]) -> Self {
+        let mut this = Self {
+            retried: [false; 4],
+            base_delay: [None; 4],
+        };
+        for outcome in retried {
+            this.retried[outcome.index()] = true;
+        }
+        for (outcome, delay) in delays {
+            this.base_delay[outcome.index()] = Some(*delay);
+        }
+        this
+    }
+
+    pub fn retries(&self, outcome: FailedOutcome) -> bool {
+        self.retried[outcome.index()]
+    }
+
+    pub fn base_delay(&self, outcome: FailedOutcome) -> Option<Duration> {
+        self.base_delay[outcome.index()]
+    }
 }
 
 /// What to do after an attempt failed.
@@ -39,11 +117,30 @@ impl RetryPolicy {
         RetryDecision::RetryAfter(self.backoff(attempt, hint, unit))
     }
 
+    /// After attempt `attempt` ended with the provider's `outcome`: given up at once when
+    /// `RETRY_OUTCOMES` leaves the outcome out, else retried from its own base delay.
+    pub fn after_outcome(&self, outcome: FailedOutcome, attempt: u32, unit: f64) -> RetryDecision {
+        if !self.outcomes.retries(outcome) || attempt >= self.max_attempts {
+            return RetryDecision::GiveUp;
+        }
+        let base = self.outcomes.base_delay(outcome).unwrap_or(self.base_delay);
+        RetryDecision::RetryAfter(self.backoff_from(base, attempt, None, unit))
+    }
+
     /// The wait after attempt `attempt` failed, whatever the attempts left.
     pub fn backoff(&self, attempt: u32, hint: Option<Duration>, unit: f64) -> Duration {
+        self.backoff_from(self.base_delay, attempt, hint, unit)
+    }
+
+    fn backoff_from(
+        &self,
+        base: Duration,
+        attempt: u32,
+        hint: Option<Duration>,
+        unit: f64,
+    ) -> Duration {
         let doublings = attempt.saturating_sub(1).min(62);
-        let nominal = self
-            .base_delay
+        let nominal = base
             .checked_mul(1u32 << doublings.min(31))
             .unwrap_or(self.max_delay)
             .min(self.max_delay);
@@ -80,7 +177,36 @@ mod tests {
         max_attempts: 3,
         base_delay: Duration::from_secs(30),
         max_delay: Duration::from_secs(30 * 60),
+        outcomes: PerOutcome::EVERY,
     };
+
+    #[test]
+    fn outcomes_left_out_are_not_retried_and_each_may_have_its_own_delay() {
+        use FailedOutcome::*;
+        let policy = RetryPolicy {
+            outcomes: PerOutcome::new(&[Busy, NoAnswer], &[(Busy, Duration::from_secs(600))]),
+            ..POLICY
+        };
+        assert_eq!(policy.after_outcome(Failed, 1, 0.5), RetryDecision::GiveUp);
+        assert_eq!(
+            policy.after_outcome(Voicemail, 1, 0.5),
+            RetryDecision::GiveUp
+        );
+        assert_eq!(
+            policy.after_outcome(Busy, 1, 0.5),
+            RetryDecision::RetryAfter(Duration::from_secs(600))
+        );
+        assert_eq!(
+            policy.after_outcome(Busy, 2, 0.5),
+            RetryDecision::RetryAfter(Duration::from_secs(1200))
+        );
+        assert_eq!(
+            policy.after_outcome(NoAnswer, 1, 0.5),
+            RetryDecision::RetryAfter(Duration::from_secs(30))
+        );
+        assert_eq!(policy.after_outcome(Busy, 3, 0.5), RetryDecision::GiveUp);
+        assert_eq!(FailedOutcome::parse(" no_answer"), Some(NoAnswer));
+    }
 
     #[test]
     fn delays_double_from_the_base() {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::{
     app,
     config::{Config, Secret},
+    domain::{PhoneNumber, schedule::Rules},
     tools::{
         pg::{ClusterOptions, PgCluster, PgError},
         sim::{Dialect, OutcomeMix, SimConfig, Simulator, TWILIO_ACCOUNT_SID},
@@ -166,7 +167,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let client = reqwest::Client::new();
     let outcome = async {
-        let ids = submit_campaign(&client, &base, &args).await?;
+        let ids = submit_campaign(&client, &base, &args, &config.schedule_rules()).await?;
         let peak_seen = follow(&client, &base, &args, ids.len(), &shutdown).await?;
         Ok::<_, anyhow::Error>((ids.len(), peak_seen))
     }
@@ -209,20 +210,70 @@ pub fn is_not_installed(err: &anyhow::Error) -> bool {
     matches!(err.downcast_ref::<PgError>(), Some(PgError::NotInstalled))
 }
 
-/// Sends the campaign through the batch route, as a client would.
+/// Prefixes of one time zone each, spread round the world: at any hour, the callee's
+/// window (08:00-21:00) is open in at least one of them, and closed in another.
+const DEMO_PREFIXES: &[&str] = &[
+    "+1415", "+1212", "+4420", "+4930", "+9714", "+9122", "+65", "+813", "+612", "+649",
+];
+
+/// The demo's numbers: the prefix whose calling window stays open longest from now (so the
+/// demo finishes at any hour), and one whose window is closed now (those calls wait for it).
+fn demo_prefixes(rules: &Rules) -> (&'static str, Option<&'static str>) {
+    let now = chrono::Utc::now();
+    let zones = |prefix: &str| {
+        let number = PhoneNumber::parse(&format!("{prefix}2000000")).expect("a valid prefix");
+        rules.zones(&number, None).into_owned()
+    };
+    // How long each prefix's window stays open from now, in minutes (0: closed now).
+    let open_for = |prefix: &str| {
+        let zones = zones(prefix);
+        (0..=13 * 60)
+            .take_while(|m| {
+                rules
+                    .window
+                    .is_open(&zones, now + chrono::Duration::minutes(*m))
+            })
+            .count()
+    };
+    let open = DEMO_PREFIXES
+        .iter()
+        .copied()
+        .max_by_key(|p| open_for(p))
+        .expect("prefixes");
+    let closed = DEMO_PREFIXES.iter().copied().find(|p| open_for(p) == 0);
+    (open, closed)
+}
+
+/// Sends the campaign through the batch route, as a client would. Most calls go to numbers
+/// whose calling window is open now; one in twenty to numbers where it is night, with a
+/// deadline a few seconds away: they wait for their window and expire at their deadline,
+/// never dialed; one in twenty asks not to be called for a few seconds (`notBefore`).
 async fn submit_campaign(
     client: &reqwest::Client,
     base: &str,
     args: &DemoArgs,
+    rules: &Rules,
 ) -> anyhow::Result<Vec<String>> {
+    let (open, closed) = demo_prefixes(rules);
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(5);
+    let deadline = chrono::Utc::now() + chrono::Duration::seconds(15);
     let calls: Vec<Value> = (0..args.calls)
         .map(|i| {
             let number = i % args.numbers.max(1);
-            json!({
-                "to": format!("+1 (415) {:03}-{:04}", 200 + number / 10_000, number % 10_000),
+            let mut call = json!({
+                "to": format!("{open}{:07}", 2_000_000 + number),
                 "scriptId": "welcomeFlow",
                 "metadata": {"customerName": format!("Customer {i}"), "row": i},
-            })
+            });
+            match (i % 20, closed) {
+                (7, Some(closed)) => {
+                    call["to"] = json!(format!("{closed}{:07}", 2_000_000 + number));
+                    call["notAfter"] = json!(deadline.to_rfc3339());
+                }
+                (13, _) => call["notBefore"] = json!(soon.to_rfc3339()),
+                _ => {}
+            }
+            call
         })
         .collect();
     let mut ids = Vec::with_capacity(calls.len());
@@ -247,6 +298,13 @@ async fn submit_campaign(
         "Campaign: {} calls to {} numbers submitted in one batch per 1000",
         ids.len(),
         args.numbers.min(args.calls)
+    );
+    eprintln!(
+        "Calling window {}: calls to {open}… go now{}; one in twenty waits 5 s for its notBefore",
+        rules.window,
+        closed.map_or(String::new(), |c| format!(
+            ", one in twenty to {c}… waits for its window and expires at its deadline"
+        )),
     );
     Ok(ids)
 }
@@ -334,6 +392,14 @@ async fn report(
     )
     .fetch_one(pool)
     .await?;
+    let (waited_window, waited_start, expired_undialed): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT call_id) FILTER (WHERE detail->>'reason' IN ('CALLING_WINDOW', 'DEADLINE')),
+                count(DISTINCT call_id) FILTER (WHERE detail->>'reason' = 'NOT_BEFORE'),
+                (SELECT count(*) FROM calls WHERE status = 'EXPIRED' AND attempts = 0)
+         FROM call_events WHERE kind = 'WAITING'",
+    )
+    .fetch_one(pool)
+    .await?;
     let sim = simulator.status();
     let held = |ok: bool| if ok { "held" } else { "BROKEN" };
     println!();
@@ -349,6 +415,15 @@ async fn report(
     }
     println!();
     println!("  {:<28} {:>10}", "dial attempts", dials);
+    println!("  {:<28} {:>10}", "waited for their window", waited_window);
+    println!(
+        "  {:<28} {:>10}",
+        "waited for their notBefore", waited_start
+    );
+    println!(
+        "  {:<28} {:>10}   never dialed",
+        "expired at their deadline", expired_undialed
+    );
     println!("  {:<28} {:>10}", "calls retried", retried);
     println!(
         "  {:<28} {:>10}",

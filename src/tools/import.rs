@@ -37,6 +37,91 @@ pub struct ImportArgs {
     /// Calls per request (at most 1000).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
+    /// The file is a suppression (do-not-call) list, not calls: columns `number`, `reason`
+    /// and optionally `expiresAt` (RFC 3339), sent to `POST /api/v1/suppressions/batch`.
+    #[arg(long)]
+    pub suppressions: bool,
+}
+
+/// Reads and checks a suppression list: the valid rows (with their lines) and the rejected.
+pub fn read_suppressions(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Rejected>)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_path(file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let headers = reader
+        .headers()
+        .context("the CSV has no header row")?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let number_at = column("number").context("the CSV has no `number` column")?;
+    let reason_at = column("reason").context("the CSV has no `reason` column")?;
+    let expires_at = column("expiresAt");
+    if let Some(unknown) = headers
+        .iter()
+        .find(|h| !matches!(*h, "number" | "reason" | "expiresAt"))
+    {
+        anyhow::bail!("column `{unknown}` is not number, reason or expiresAt");
+    }
+    let mut valid = Vec::new();
+    let mut rejected = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(record) => record,
+            Err(err) => {
+                let line = err.position().map_or(0, |p| p.line());
+                rejected.push(Rejected {
+                    line,
+                    reason: format!("not a valid CSV row: {err}"),
+                });
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, |p| p.line());
+        let mut problems = Vec::new();
+        let number =
+            match crate::domain::PhoneNumber::parse(record.get(number_at).unwrap_or_default()) {
+                Ok(number) => {
+                    if let Some(first) = seen.insert(number.as_str().to_owned(), line) {
+                        problems.push(format!("`number` is the number of line {first} too"));
+                    }
+                    Some(number)
+                }
+                Err(err) => {
+                    problems.push(format!("`number` {err}"));
+                    None
+                }
+            };
+        let reason = crate::api::check_reason(record.get(reason_at).unwrap_or_default(), "reason")
+            .map_err(|e| problems.push(e.message))
+            .ok();
+        let expires = match expires_at
+            .and_then(|i| record.get(i))
+            .filter(|v| !v.is_empty())
+        {
+            None => Some(Value::Null),
+            Some(raw) => match chrono::DateTime::parse_from_rfc3339(raw) {
+                Ok(at) => Some(Value::from(at.with_timezone(&chrono::Utc).to_rfc3339())),
+                Err(_) => {
+                    problems.push(format!("`expiresAt` `{raw}` is not an RFC 3339 instant"));
+                    None
+                }
+            },
+        };
+        match (number, reason, expires) {
+            (Some(number), Some(reason), Some(expires)) if problems.is_empty() => valid.push((
+                line,
+                json!({"number": number.as_str(), "reason": reason, "expiresAt": expires}),
+            )),
+            _ => rejected.push(Rejected {
+                line,
+                reason: problems.join("; "),
+            }),
+        }
+    }
+    Ok((valid, rejected))
 }
 
 /// One row that was not imported.
@@ -124,7 +209,16 @@ pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Reject
 
 /// Runs the import and prints its report; `Ok` with rejected rows still in the report.
 pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
-    let (valid, mut rejected) = read_rows(&args.file)?;
+    let (valid, mut rejected) = if args.suppressions {
+        read_suppressions(&args.file)?
+    } else {
+        read_rows(&args.file)?
+    };
+    let (route, field, noun) = if args.suppressions {
+        ("suppressions/batch", "suppressions", "suppressions")
+    } else {
+        ("calls/batch", "calls", "calls")
+    };
     let mut report = ImportReport {
         rows: valid.len() + rejected.len(),
         valid: valid.len(),
@@ -135,16 +229,18 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
             .timeout(Duration::from_secs(120))
             .build()?;
         let bar = ProgressBar::new(valid.len() as u64).with_style(
-            ProgressStyle::with_template("{prefix} [{bar:40.cyan/blue}] {pos}/{len} calls {msg}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(&format!(
+                "{{prefix}} [{{bar:40.cyan/blue}}] {{pos}}/{{len}} {noun} {{msg}}"
+            ))
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar.set_prefix("importing");
-        let url = format!("{}/api/v1/calls/batch", args.url.trim_end_matches('/'));
+        let url = format!("{}/api/v1/{route}", args.url.trim_end_matches('/'));
         let size = usize::from(args.batch_size).min(MAX_BATCH);
         for (index, chunk) in valid.chunks(size).enumerate() {
-            let calls: Vec<&Value> = chunk.iter().map(|(_, call)| call).collect();
-            let body = json!({"calls": calls});
+            let items: Vec<&Value> = chunk.iter().map(|(_, item)| item).collect();
+            let body = json!({ field: items });
             // The same batch always carries the same key, so a batch sent again after a
             // lost answer (here, or by running the import again) is never stored twice.
             let key = batch_key(index, &body);
@@ -254,9 +350,14 @@ fn print_report(args: &ImportArgs, report: &ImportReport) {
         );
     } else {
         println!(
-            "{} rows: {} calls created, {} rejected",
+            "{} rows: {} {}, {} rejected",
             report.rows,
             report.created,
+            if args.suppressions {
+                "suppressions written"
+            } else {
+                "calls created"
+            },
             report.rejected.len()
         );
     }

@@ -10,6 +10,34 @@ use crate::{
     provider::DialRequest,
 };
 
+/// A resend to a provider without a look-up sends the dial request again, which places the
+/// call if the first never arrived: outside the callee's window, it waits for the opening
+/// instead (the attempt stays open, as after a lost answer; CALL_TIMEOUT still bounds it).
+/// A vendor's rescue only looks the call up, which is not a dial, at any hour.
+fn resend_held(worker: &Worker, claimed: &Claimed) -> Option<DialOutcome> {
+    if !claimed.resend() || worker.provider.has_look_up() {
+        return None;
+    }
+    let rules = &worker.settings.rules;
+    let call = &claimed.call;
+    let zones = rules.zones(&call.payload.to, call.timing.timezone);
+    let now = chrono::Utc::now();
+    if rules.window.is_open(&zones, now) {
+        return None;
+    }
+    let opening = rules
+        .window
+        .next_opening(&zones, now)
+        .unwrap_or(now + chrono::Duration::hours(24));
+    Some(DialOutcome::Unknown {
+        reason: format!(
+            "not sent again: outside the callee's calling window until {}",
+            opening.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        resend_in: (opening - now).to_std().unwrap_or_default(),
+    })
+}
+
 /// Dials a claimed attempt and records the answer (see `Worker::spawn_dial`).
 #[tracing::instrument(skip_all, fields(call_id = %claimed.call.id, attempt = claimed.attempt))]
 pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
@@ -26,7 +54,11 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
         known_provider_ids: claimed.known_provider_ids.clone(),
     };
     let started = std::time::Instant::now();
-    let mut outcome = provider.dial(&request, claimed.rescues).await;
+    let mut outcome = match resend_held(worker, &claimed) {
+        // Not sent: a resend may place the call, and its window has closed since the claim.
+        Some(held) => held,
+        None => provider.dial(&request, claimed.rescues).await,
+    };
     crate::metrics::provider_request(outcome.label(), started.elapsed());
     match &outcome {
         DialOutcome::Accepted { provider_call_id } => {
@@ -71,6 +103,7 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
                 let retry = Retry {
                     policy: settings.policy,
                     jitter: fastrand::f64(),
+                    rules: settings.rules,
                 };
                 db::record_dial_outcome(pool, claimed.call.id, claimed.attempt_id, &outcome, retry)
                     .await

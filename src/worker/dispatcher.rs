@@ -47,6 +47,7 @@ impl Dispatcher {
             settings.max_concurrent_calls,
             CLAIM_BATCH.min(settings.max_concurrent_calls),
             settings.lease(),
+            &settings.rules,
         )
         .await?;
         crate::metrics::claimed(started.elapsed(), claimed.len());

@@ -16,7 +16,7 @@ pub use sweeper::{SweepReport, Sweeper, keep_queue_lean};
 use crate::{
     config::Config,
     db::{self, Claimed},
-    domain::{RetryPolicy, WebhookTokens},
+    domain::{RetryPolicy, WebhookTokens, schedule::Rules},
     provider::{CallProvider, RESENDS},
 };
 
@@ -25,6 +25,8 @@ use crate::{
 pub struct WorkerSettings {
     pub max_concurrent_calls: u32,
     pub policy: RetryPolicy,
+    /// The calling window, time zones and daily limit, enforced at each claim.
+    pub rules: Rules,
     pub call_timeout: Duration,
     pub provider_timeout: Duration,
     /// `RECONCILE_AFTER`: when a call whose end has not arrived is looked up.
@@ -41,6 +43,7 @@ impl WorkerSettings {
         Self {
             max_concurrent_calls: config.max_concurrent_calls,
             policy: config.retry_policy(),
+            rules: config.schedule_rules(),
             call_timeout: config.call_timeout,
             provider_timeout: config.provider_timeout,
             reconcile_after: config.reconcile_after,

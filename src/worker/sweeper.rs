@@ -51,6 +51,11 @@ impl Sweeper {
             tracing::warn!(call_id = %id, "call expired: no final webhook within CALL_TIMEOUT");
         }
         crate::metrics::expired(expired.len());
+        let late = db::expire_deadlines(&worker.pool).await?;
+        for id in &late {
+            tracing::info!(call_id = %id, "call expired: its notAfter passed before it was dialed");
+        }
+        crate::metrics::claim_held(std::iter::empty(), late.len(), 0);
         let abandoned = db::take_abandoned(&worker.pool, worker.settings.lease()).await?;
         let rescued = abandoned.len();
         crate::metrics::rescued(rescued);
@@ -128,10 +133,11 @@ impl Sweeper {
             body: report.body,
             source: ReportSource::LookUp,
         };
-        let policy = worker.settings.policy;
+        let (policy, rules) = (worker.settings.policy, worker.settings.rules);
         let applied = db::apply_webhook(&worker.pool, &update, || Retry {
             policy,
             jitter: fastrand::f64(),
+            rules,
         })
         .await;
         match applied {

@@ -96,11 +96,62 @@ envelope!(
     CallEnvelope,
     Call
 );
+/// The calls of a batch, in the order sent.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct CallsEnvelope {
+    /// Always true.
+    pub success: bool,
+    pub data: Vec<Call>,
+    /// The items left out because their number is suppressed (with `skipSuppressed`).
+    pub skipped: Vec<SkippedCall>,
+}
+
+/// A batch item left out: its number is on the suppression list.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct SkippedCall {
+    /// Its index in the batch, from 0.
+    pub index: u32,
+    pub to: String,
+    /// Why: `NUMBER_SUPPRESSED`.
+    pub code: String,
+}
+
+/// A number on the suppression (do-not-call) list.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct Suppression {
+    /// E.164.
+    pub number: String,
+    pub reason: String,
+    /// When the suppression ends; null: never.
+    #[oai(nullable)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
 envelope!(
-    /// The calls of a batch, in the order sent.
-    CallsEnvelope,
-    Vec<Call>
+    /// One suppression.
+    SuppressionEnvelope,
+    Suppression
 );
+envelope!(
+    /// The suppressions of a batch, in the order sent.
+    SuppressionsEnvelope,
+    Vec<Suppression>
+);
+
+/// A page of suppressions, newest first.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct SuppressionPage {
+    /// Always true.
+    pub success: bool,
+    pub data: Vec<Suppression>,
+    pub pagination: Pagination,
+}
 /// Where the next page starts.
 #[derive(Object, Clone, Debug)]
 #[oai(rename_all = "camelCase")]

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{Enum, Object};
+use poem_openapi::{Enum, Object, types::MaybeUndefined};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::domain::{self, CallStatus, EventKind};
+use crate::domain::{self, CallStatus, EventKind, schedule::Rules};
 
 mod envelopes;
 mod json;
@@ -104,11 +104,34 @@ pub struct Call {
     /// When the call reached its final status.
     #[oai(nullable)]
     pub completed_at: Option<DateTime<Utc>>,
+    /// Not dialed before this instant.
+    #[oai(nullable)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Still `PENDING` at this instant, the call ends `EXPIRED`, never dialed.
+    #[oai(nullable)]
+    pub not_after: Option<DateTime<Utc>>,
+    /// The callee's time zone in force (IANA name): the call's own, else the one its
+    /// number's prefix maps to, else `DEFAULT_TIMEZONE`; null when the prefix maps to
+    /// several, which `timeZones` lists.
+    #[oai(nullable)]
+    pub timezone: Option<String>,
+    /// Every time zone the calling window must hold in for this call.
+    pub time_zones: Vec<String>,
 }
 
-impl From<domain::Call> for Call {
-    fn from(call: domain::Call) -> Self {
+impl Call {
+    /// The call as the API shows it, its time zones as `rules` find them.
+    pub fn of(call: domain::Call, rules: &Rules) -> Self {
+        let zones = rules.zones(&call.payload.to, call.timing.timezone);
+        let time_zones: Vec<String> = zones.iter().map(|tz| tz.name().to_owned()).collect();
         Self {
+            timezone: match time_zones.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+            time_zones,
+            not_before: call.timing.not_before,
+            not_after: call.timing.not_after,
             id: call.id,
             payload: Payload {
                 to: call.payload.to.as_str().to_owned(),
@@ -140,6 +163,14 @@ pub struct CreateCallRequest {
     pub script_id: Text,
     /// A JSON object of at most 16 KiB handed to the script; `{}` when absent.
     pub metadata: Option<BTreeMap<String, Value>>,
+    /// Not dialed before this instant (RFC 3339).
+    pub not_before: Option<DateTime<Utc>>,
+    /// The deadline (RFC 3339, in the future, after `notBefore`): still `PENDING` then, the
+    /// call ends `EXPIRED`, never dialed.
+    pub not_after: Option<DateTime<Utc>>,
+    /// The callee's IANA time zone (`America/New_York`), when the number's prefix should
+    /// not decide it.
+    pub timezone: Option<Text>,
 }
 
 impl poem_openapi::types::Example for CreateCallRequest {
@@ -149,6 +180,9 @@ impl poem_openapi::types::Example for CreateCallRequest {
             to: Text(example.to),
             script_id: Text(example.script_id),
             metadata: Some(example.metadata),
+            not_before: None,
+            not_after: None,
+            timezone: None,
         }
     }
 }
@@ -158,15 +192,26 @@ impl poem_openapi::types::Example for CreateCallRequest {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchCreateRequest {
     pub calls: Vec<BatchItem>,
+    /// Leave out the calls to suppressed numbers (listed under `skipped`) instead of
+    /// refusing the batch (422 `NUMBER_SUPPRESSED`).
+    #[oai(default)]
+    pub skip_suppressed: bool,
 }
 
-/// A JSON Merge Patch (RFC 7396) applied to the call's payload.
+/// A change to a `PENDING` call: its payload, its schedule, or both.
 #[derive(Object, Clone, Debug)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchCallRequest {
-    /// Merged into `{"to", "scriptId", "metadata"}`; `null` removes a key, e.g.
-    /// `{"metadata": {"note": null}}`. The result is validated like a new call.
-    pub payload: Value,
+    /// Merged into `{"to", "scriptId", "metadata"}` as a JSON Merge Patch (RFC 7396);
+    /// `null` removes a key, e.g. `{"metadata": {"note": null}}`. The result is validated
+    /// like a new call.
+    pub payload: Option<Value>,
+    /// The new `notBefore`; `null` clears it.
+    pub not_before: MaybeUndefined<DateTime<Utc>>,
+    /// The new `notAfter`; `null` clears it.
+    pub not_after: MaybeUndefined<DateTime<Utc>>,
+    /// The new `timezone`; `null` clears it (the number's prefix decides again).
+    pub timezone: MaybeUndefined<Text>,
 }
 
 /// The kind of a timeline entry.
@@ -189,6 +234,9 @@ pub enum EventType {
     DialUnknown,
     /// A look-up at the provider found where an attempt stands (reconciliation).
     Reconciled,
+    /// The schedule moved the call to later (`detail.reason`: `CALLING_WINDOW`,
+    /// `NOT_BEFORE`, `DAILY_LIMIT` or `DEADLINE`; `detail.until`).
+    Waiting,
 }
 
 impl From<EventKind> for EventType {
@@ -209,6 +257,7 @@ impl From<EventKind> for EventType {
             EventKind::Rescued => Self::Rescued,
             EventKind::DialUnknown => Self::DialUnknown,
             EventKind::Reconciled => Self::Reconciled,
+            EventKind::Waiting => Self::Waiting,
         }
     }
 }
@@ -239,4 +288,31 @@ impl From<domain::CallEvent> for Event {
             at: event.at,
         }
     }
+}
+
+/// Puts a number on the suppression list, or replaces its suppression.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PutSuppressionRequest {
+    /// Why it must not be called (1 to 500 characters), e.g. `asked not to be called`.
+    pub reason: Text,
+    /// When the suppression ends (RFC 3339); absent or null: never.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// One suppression of a batch.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SuppressionItem {
+    /// The number, normalised like a call's `to`.
+    pub number: Text,
+    pub reason: Text,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Up to 1000 suppressions, added or replaced in one transaction.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SuppressionBatchRequest {
+    pub suppressions: Vec<SuppressionItem>,
 }

@@ -23,6 +23,9 @@ pub const MAX_PROGRESS_PER_ATTEMPT: u32 = 20;
 pub struct Retry {
     pub policy: RetryPolicy,
     pub jitter: f64,
+    /// The calling window a retry must land in: one whose backoff ends outside it falls due
+    /// at its next opening instead.
+    pub rules: super::schedule::Rules,
 }
 
 /// One timeline entry.

@@ -6,15 +6,19 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::*;
-use crate::domain::{AttemptState, DialOutcome, ProviderStatus, ReportSource, WebhookUpdate};
+use crate::domain::{
+    AttemptState, DialOutcome, PerOutcome, ProviderStatus, ReportSource, WebhookUpdate,
+};
 
 const RETRY: Retry = Retry {
     policy: RetryPolicy {
         max_attempts: 3,
         base_delay: Duration::from_secs(30),
         max_delay: Duration::from_secs(1800),
+        outcomes: PerOutcome::EVERY,
     },
     jitter: 0.5,
+    rules: crate::domain::schedule::Rules::OFF,
 };
 
 /// Attempt `attempt` of a call whose current attempt is `current`.

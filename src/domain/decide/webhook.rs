@@ -133,7 +133,13 @@ pub fn decide_webhook(
     if status == ProviderStatus::Throttled {
         return throttled(state, received, bind, rate_limited_before, retry);
     }
-    let completed = status == ProviderStatus::Completed;
+    // A voicemail that `RETRY_OUTCOMES` does not retry ends the call as a completed one.
+    let completed = status == ProviderStatus::Completed
+        || (status == ProviderStatus::Voicemail
+            && !retry
+                .policy
+                .outcomes
+                .retries(crate::domain::FailedOutcome::Voicemail));
     let reason = match &update.reason {
         Some(reason) => format!("{}: {reason}", status.as_str()),
         None => status.as_str().to_owned(),
@@ -148,9 +154,16 @@ pub fn decide_webhook(
                 duration_sec: update.duration_sec,
             },
             (CallStatus::InProgress, true, false) => {
-                let decision = retry
-                    .policy
-                    .after_failure(state.attempt as u32, None, retry.jitter);
+                let decision = match status.failed_outcome() {
+                    Some(outcome) => {
+                        retry
+                            .policy
+                            .after_outcome(outcome, state.attempt as u32, retry.jitter)
+                    }
+                    None => retry
+                        .policy
+                        .after_failure(state.attempt as u32, None, retry.jitter),
+                };
                 decided = Some(decision);
                 CallMove::after_failure(&reason, decision)
             }

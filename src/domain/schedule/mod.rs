@@ -156,7 +156,10 @@ impl Wait {
 pub enum Verdict {
     Dial,
     /// Not now: it falls due again at `until`.
-    Wait { until: DateTime<Utc>, why: Wait },
+    Wait {
+        until: DateTime<Utc>,
+        why: Wait,
+    },
     /// Its `notAfter` passed: `EXPIRED`, never dialed, with this `lastError`.
     Expire(String),
     /// Its number is suppressed: `CANCELLED`, with this `lastError`.
@@ -169,7 +172,9 @@ mod tests {
     use chrono_tz::{America::New_York, Europe::London};
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn rules(limit: u32) -> Rules {
@@ -196,7 +201,12 @@ mod tests {
     fn a_call_created_at_night_waits_for_the_morning() {
         let r = rules(0);
         let to = number("+12015550123");
-        let timing = Timing { number: &to, timezone: None, not_before: None, not_after: None };
+        let timing = Timing {
+            number: &to,
+            timezone: None,
+            not_before: None,
+            not_after: None,
+        };
         // 03:00 in New York.
         let night = utc("2026-01-14T08:00:00Z");
         assert_eq!(
@@ -218,11 +228,20 @@ mod tests {
             not_after: None,
         };
         let now = utc("2026-01-14T09:00:00Z");
-        assert_eq!(r.schedule(&timing, now), (utc("2026-01-14T10:00:00Z"), Some(Wait::NotBefore)));
+        assert_eq!(
+            r.schedule(&timing, now),
+            (utc("2026-01-14T10:00:00Z"), Some(Wait::NotBefore))
+        );
         timing.not_before = Some(utc("2026-01-14T22:00:00Z"));
-        assert_eq!(r.schedule(&timing, now), (utc("2026-01-15T08:00:00Z"), Some(Wait::Window)));
+        assert_eq!(
+            r.schedule(&timing, now),
+            (utc("2026-01-15T08:00:00Z"), Some(Wait::Window))
+        );
         timing.not_after = Some(utc("2026-01-15T06:00:00Z"));
-        assert_eq!(r.schedule(&timing, now), (utc("2026-01-15T06:00:00Z"), Some(Wait::Deadline)));
+        assert_eq!(
+            r.schedule(&timing, now),
+            (utc("2026-01-15T06:00:00Z"), Some(Wait::Deadline))
+        );
     }
 
     #[test]
@@ -230,49 +249,96 @@ mod tests {
         let r = rules(2);
         let to = number("+442071234567");
         let now = utc("2026-01-14T12:00:00Z");
-        let timing = Timing { number: &to, timezone: None, not_before: None, not_after: None };
-        let due = Candidate { timing, suppressed: None, recent_dials: &[] };
+        let timing = Timing {
+            number: &to,
+            timezone: None,
+            not_before: None,
+            not_after: None,
+        };
+        let due = Candidate {
+            timing,
+            suppressed: None,
+            recent_dials: &[],
+        };
         assert_eq!(r.admit(&due, now), Verdict::Dial);
 
         let late = Candidate {
-            timing: Timing { not_after: Some(now), ..timing },
+            timing: Timing {
+                not_after: Some(now),
+                ..timing
+            },
             suppressed: Some("asked us not to"),
             ..due
         };
-        assert!(matches!(r.admit(&late, now), Verdict::Expire(e) if e.starts_with("deadline passed")));
-        let suppressed = Candidate { suppressed: Some("asked us not to"), ..due };
-        assert_eq!(r.admit(&suppressed, now), Verdict::Cancel("suppressed: asked us not to".into()));
+        assert!(
+            matches!(r.admit(&late, now), Verdict::Expire(e) if e.starts_with("deadline passed"))
+        );
+        let suppressed = Candidate {
+            suppressed: Some("asked us not to"),
+            ..due
+        };
+        assert_eq!(
+            r.admit(&suppressed, now),
+            Verdict::Cancel("suppressed: asked us not to".into())
+        );
 
         let night = utc("2026-01-14T22:00:00Z");
         assert_eq!(
             r.admit(&due, night),
-            Verdict::Wait { until: utc("2026-01-15T08:00:00Z"), why: Wait::Window }
+            Verdict::Wait {
+                until: utc("2026-01-15T08:00:00Z"),
+                why: Wait::Window
+            }
         );
 
         // Two attempts in the last day: the next waits until the older is a day old.
         let dials = [utc("2026-01-14T09:00:00Z"), utc("2026-01-14T11:00:00Z")];
-        let busy = Candidate { recent_dials: &dials, ..due };
+        let busy = Candidate {
+            recent_dials: &dials,
+            ..due
+        };
         assert_eq!(
             r.admit(&busy, now),
-            Verdict::Wait { until: utc("2026-01-15T09:00:00Z"), why: Wait::DailyLimit }
+            Verdict::Wait {
+                until: utc("2026-01-15T09:00:00Z"),
+                why: Wait::DailyLimit
+            }
         );
         // One is not the limit.
-        let once = Candidate { recent_dials: &dials[1..], ..due };
+        let once = Candidate {
+            recent_dials: &dials[1..],
+            ..due
+        };
         assert_eq!(r.admit(&once, now), Verdict::Dial);
         // Freed at night: it waits for the window after that.
         let evening = [utc("2026-01-13T22:30:00Z"), utc("2026-01-14T11:00:00Z")];
-        let busy = Candidate { recent_dials: &evening, ..due };
+        let busy = Candidate {
+            recent_dials: &evening,
+            ..due
+        };
         assert_eq!(
             r.admit(&busy, utc("2026-01-14T12:00:00Z")),
-            Verdict::Wait { until: utc("2026-01-15T08:00:00Z"), why: Wait::DailyLimit }
+            Verdict::Wait {
+                until: utc("2026-01-15T08:00:00Z"),
+                why: Wait::DailyLimit
+            }
         );
     }
 
     #[test]
     fn the_window_is_checked_against_the_rules_in_force() {
         let to = number("+442071234567");
-        let timing = Timing { number: &to, timezone: None, not_before: None, not_after: None };
-        let due = Candidate { timing, suppressed: None, recent_dials: &[] };
+        let timing = Timing {
+            number: &to,
+            timezone: None,
+            not_before: None,
+            not_after: None,
+        };
+        let due = Candidate {
+            timing,
+            suppressed: None,
+            recent_dials: &[],
+        };
         let at = utc("2026-01-14T19:00:00Z");
         assert_eq!(rules(0).admit(&due, at), Verdict::Dial);
         let narrower = Rules {
@@ -281,7 +347,10 @@ mod tests {
         };
         assert_eq!(
             narrower.admit(&due, at),
-            Verdict::Wait { until: utc("2026-01-15T09:00:00Z"), why: Wait::Window }
+            Verdict::Wait {
+                until: utc("2026-01-15T09:00:00Z"),
+                why: Wait::Window
+            }
         );
         assert_eq!(Rules::OFF.admit(&due, at), Verdict::Dial);
     }

@@ -29,7 +29,12 @@ impl Days {
             DAY_NAMES
                 .iter()
                 .position(|d| d.eq_ignore_ascii_case(name.trim()))
-                .ok_or_else(|| format!("`{}` is not a day (mon, tue, wed, thu, fri, sat, sun)", name.trim()))
+                .ok_or_else(|| {
+                    format!(
+                        "`{}` is not a day (mon, tue, wed, thu, fri, sat, sun)",
+                        name.trim()
+                    )
+                })
         };
         let mut bits = 0u8;
         for part in text.split(',') {
@@ -66,7 +71,10 @@ impl Days {
     }
 
     pub fn names(self) -> Vec<&'static str> {
-        (0..7).filter(|&d| self.has(d)).map(|d| DAY_NAMES[d as usize]).collect()
+        (0..7)
+            .filter(|&d| self.has(d))
+            .map(|d| DAY_NAMES[d as usize])
+            .collect()
     }
 
     /// Whether another set holds only days of this one.
@@ -100,7 +108,10 @@ impl Hours {
         let (start, end) = text
             .split_once('-')
             .ok_or_else(|| format!("`{text}` must be two times, HH:MM-HH:MM (e.g. 08:00-21:00)"))?;
-        Self::new(parse_time(start.trim(), false)?, parse_time(end.trim(), true)?)
+        Self::new(
+            parse_time(start.trim(), false)?,
+            parse_time(end.trim(), true)?,
+        )
     }
 
     pub fn from_times(start: &str, end: &str) -> Result<Self, String> {
@@ -109,7 +120,9 @@ impl Hours {
 
     fn new(start: u16, end: u16) -> Result<Self, String> {
         if start == end {
-            return Err("must not start and end at the same time (00:00-24:00 is the whole day)".into());
+            return Err(
+                "must not start and end at the same time (00:00-24:00 is the whole day)".into(),
+            );
         }
         Ok(Self { start, end })
     }
@@ -257,25 +270,56 @@ mod tests {
     use chrono_tz::{America::New_York, Asia::Tokyo, Australia::Lord_Howe, Europe::London};
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn window(hours: &str, days: &str) -> CallingWindow {
-        CallingWindow::new(Some(Hours::parse(hours).unwrap()), Days::parse(days).unwrap())
+        CallingWindow::new(
+            Some(Hours::parse(hours).unwrap()),
+            Days::parse(days).unwrap(),
+        )
     }
 
     #[test]
     fn parses_hours_and_days() {
-        assert_eq!(Hours::parse("08:00-21:00").unwrap().to_string(), "08:00-21:00");
-        assert_eq!(Hours::parse("22:00-06:00").unwrap().to_string(), "22:00-06:00");
-        assert_eq!(Hours::parse("00:00-24:00").unwrap().to_string(), "00:00-24:00");
-        for bad in ["8-21", "08:00", "25:00-26:00", "08:60-09:00", "09:00-09:00", "24:00-08:00", "ab:cd-08:00"] {
+        assert_eq!(
+            Hours::parse("08:00-21:00").unwrap().to_string(),
+            "08:00-21:00"
+        );
+        assert_eq!(
+            Hours::parse("22:00-06:00").unwrap().to_string(),
+            "22:00-06:00"
+        );
+        assert_eq!(
+            Hours::parse("00:00-24:00").unwrap().to_string(),
+            "00:00-24:00"
+        );
+        for bad in [
+            "8-21",
+            "08:00",
+            "25:00-26:00",
+            "08:60-09:00",
+            "09:00-09:00",
+            "24:00-08:00",
+            "ab:cd-08:00",
+        ] {
             assert!(Hours::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Days::parse("mon-sun").unwrap(), Days::ALL);
-        assert_eq!(Days::parse("mon-fri").unwrap().to_string(), "mon,tue,wed,thu,fri");
-        assert_eq!(Days::parse("Mon,wed,FRI").unwrap().to_string(), "mon,wed,fri");
-        assert_eq!(Days::parse("fri-mon").unwrap().to_string(), "mon,fri,sat,sun");
+        assert_eq!(
+            Days::parse("mon-fri").unwrap().to_string(),
+            "mon,tue,wed,thu,fri"
+        );
+        assert_eq!(
+            Days::parse("Mon,wed,FRI").unwrap().to_string(),
+            "mon,wed,fri"
+        );
+        assert_eq!(
+            Days::parse("fri-mon").unwrap().to_string(),
+            "mon,fri,sat,sun"
+        );
         assert!(Days::parse("monday").is_err());
         assert!(Days::parse("").is_err());
     }
@@ -287,7 +331,10 @@ mod tests {
         let at = utc("2026-01-14T12:30:00Z");
         assert!(!w.is_open_in(New_York, at));
         assert!(w.is_open_in(London, at));
-        assert_eq!(w.next_opening(&[New_York], at), Some(utc("2026-01-14T13:00:00Z")));
+        assert_eq!(
+            w.next_opening(&[New_York], at),
+            Some(utc("2026-01-14T13:00:00Z"))
+        );
         assert_eq!(w.next_opening(&[London], at), Some(at));
         // The end is excluded: 21:00 local is closed, 20:59 open.
         assert!(w.is_open_in(London, utc("2026-01-14T20:59:00Z")));
@@ -313,7 +360,10 @@ mod tests {
         );
         // Tokyo and New York never share two hours of 08:00-10:00.
         let narrow = window("08:00-10:00", "mon-sun");
-        assert_eq!(narrow.next_opening(&[Tokyo, New_York], utc("2026-01-14T09:00:00Z")), None);
+        assert_eq!(
+            narrow.next_opening(&[Tokyo, New_York], utc("2026-01-14T09:00:00Z")),
+            None
+        );
     }
 
     #[test]
@@ -358,7 +408,9 @@ mod tests {
         );
         // Lord Howe shifts by half an hour.
         let w = window("02:15-05:00", "mon-sun");
-        let opening = w.next_opening(&[Lord_Howe], utc("2026-10-03T12:00:00Z")).unwrap();
+        let opening = w
+            .next_opening(&[Lord_Howe], utc("2026-10-03T12:00:00Z"))
+            .unwrap();
         assert_eq!(opening, utc("2026-10-03T15:30:00Z")); // 02:30 +11:00, the gap's end
     }
 

@@ -1,11 +1,12 @@
 //! The claim, on a deep queue and right after a million calls of churn.
 
 use super::*;
+use crate::domain::schedule::Rules;
 
 /// Milliseconds of one real claim of 10 calls (the claimed calls then completed, untimed).
-async fn timed_claim(pool: &PgPool) -> anyhow::Result<f64> {
+async fn timed_claim(pool: &PgPool, rules: &Rules) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let claimed = db::claim(pool, 1_000_000, 10, Duration::from_secs(60)).await?;
+    let claimed = db::claim(pool, 1_000_000, 10, Duration::from_secs(60), rules).await?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(claimed.len() == 10, "the claim ran out of calls");
     let ids: Vec<uuid::Uuid> = claimed.iter().map(|c| c.call.id).collect();
@@ -32,8 +33,8 @@ impl ShallowQueue {
     }
 
     /// One claim of 10, then 10 new calls, so the queue stays as deep.
-    async fn timed_claim(&mut self) -> anyhow::Result<f64> {
-        let ms = timed_claim(&self.pool).await?;
+    async fn timed_claim(&mut self, rules: &Rules) -> anyhow::Result<f64> {
+        let ms = timed_claim(&self.pool, rules).await?;
         add_calls(&self.pool, 10, self.added, false).await?;
         self.added += 10;
         Ok(ms)
@@ -47,16 +48,16 @@ impl ShallowQueue {
 async fn claim_runs(
     shallow: &mut ShallowQueue,
     deep: &PgPool,
-    runs: u32,
-    count: u32,
+    (runs, count): (u32, u32),
+    rules: &Rules,
     reference: &mut Vec<f64>,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let (mut medians, mut ratios) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let (mut shallow_ms, mut deep_ms) = (Vec::new(), Vec::new());
         for _ in 0..count {
-            shallow_ms.push(shallow.timed_claim().await?);
-            deep_ms.push(timed_claim(deep).await?);
+            shallow_ms.push(shallow.timed_claim(rules).await?);
+            deep_ms.push(timed_claim(deep, rules).await?);
         }
         let (shallow_ms, deep_ms) = (
             percentile(&mut shallow_ms, 0.5),
@@ -87,14 +88,15 @@ async fn end_calls(pool: &PgPool, ids: &[uuid::Uuid]) -> anyhow::Result<()> {
 
 /// Adds `count` calls to distinct numbers, PENDING and due or `finished`, with ids made the
 /// way the service makes them (time-ordered UUIDv7), so the indexes grow as they do in use.
+/// Their callees live in UTC (the windowed claim's window is open there).
 async fn add_calls(pool: &PgPool, count: u32, offset: u64, finished: bool) -> anyhow::Result<()> {
     let mut done = 0;
     while done < count {
         let n = (count - done).min(100_000);
         let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
         sqlx::query(
-            "INSERT INTO calls (id, to_number, script_id, status, attempts, next_attempt_at, started_at, completed_at)
-             SELECT new.id, '+1' || (2000000000 + $1 + new.g)::text, 'bench',
+            "INSERT INTO calls (id, to_number, script_id, timezone, status, attempts, next_attempt_at, started_at, completed_at)
+             SELECT new.id, '+1' || (2000000000 + $1 + new.g)::text, 'bench', 'UTC',
                     CASE WHEN $3 THEN 'COMPLETED'::call_status ELSE 'PENDING'::call_status END,
                     CASE WHEN $3 THEN 1 ELSE 0 END,
                     CASE WHEN $3 THEN NULL ELSE now() END,
@@ -113,7 +115,51 @@ async fn add_calls(pool: &PgPool, count: u32, offset: u64, finished: bool) -> an
     Ok(())
 }
 
-/// 5. The claim with a shallow queue, a deep one, and after a million calls of churn.
+/// Adds `count` PENDING calls to distinct numbers whose callees live at UTC+12, waiting for
+/// their window as the service stores such calls (due at its opening, `waiting_for` set).
+async fn add_waiting_calls(pool: &PgPool, count: u32, offset: u64) -> anyhow::Result<()> {
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(100_000);
+        let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+        sqlx::query(
+            "INSERT INTO calls (id, to_number, script_id, timezone, next_attempt_at, waiting_for)
+             SELECT new.id, '+1' || (2000000000 + $1 + new.g)::text, 'bench', 'Etc/GMT-12',
+                    now() + interval '12 hours', 'CALLING_WINDOW'
+             FROM unnest($2::uuid[]) WITH ORDINALITY AS new (id, g)
+             ORDER BY new.g",
+        )
+        .bind((offset + u64::from(done)) as i64)
+        .bind(&ids)
+        .execute(pool)
+        .await?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// A calling window open now in UTC (for three hours, from an hour ago), closed at UTC+12.
+fn window_open_in_utc() -> Rules {
+    use crate::domain::schedule::{CallingWindow, Days, Hours};
+    use chrono::Timelike;
+    let start = chrono::Utc::now() - chrono::Duration::hours(1);
+    let end = start + chrono::Duration::hours(3);
+    let hours = Hours::parse(&format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        start.hour(),
+        start.minute(),
+        end.hour(),
+        end.minute()
+    ))
+    .expect("a valid window");
+    Rules {
+        window: CallingWindow::new(Some(hours), Days::ALL),
+        ..Rules::OFF
+    }
+}
+
+/// Step 5: the claim with a shallow queue, a deep one, one with half its calls outside their
+/// calling window, and after a million calls of churn.
 ///
 /// Each deep figure is measured in turns with the shallow one and read against it run by run.
 pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
@@ -133,8 +179,37 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
     add_calls(&pool, rows, 20_000_000, true).await?;
     sqlx::query("ANALYZE calls").execute(&pool).await?;
     let mut reference = Vec::new();
-    let (deep, mut deep_ratios) =
-        claim_runs(&mut shallow, &pool, args.runs, claims, &mut reference).await?;
+    let (deep, mut deep_ratios) = claim_runs(
+        &mut shallow,
+        &pool,
+        (args.runs, claims),
+        &Rules::OFF,
+        &mut reference,
+    )
+    .await?;
+    // Half the queue outside its window, and the older half at that: the claim walks the
+    // queue in due order, so the waiting calls are never read. The window is enforced (and
+    // the callee's zone worked out) for every call the claim takes, in both queues.
+    eprintln!("bench: filling {rows} PENDING rows, half of them outside their window…");
+    let (_url, windowed) = fresh_database(cluster, "bench_claim_windowed", 4).await?;
+    let windowed_upkeep = tokio::spawn(crate::worker::keep_queue_lean(
+        windowed.clone(),
+        upkeep.clone(),
+    ));
+    add_waiting_calls(&windowed, rows / 2, 40_000_000).await?;
+    add_calls(&windowed, rows / 2 + measured, 50_000_000, false).await?;
+    sqlx::query("ANALYZE calls").execute(&windowed).await?;
+    let rules = window_open_in_utc();
+    let mut windowed_reference = Vec::new();
+    let (half_out, mut half_out_ratios) = claim_runs(
+        &mut shallow,
+        &windowed,
+        (args.runs, claims),
+        &rules,
+        &mut windowed_reference,
+    )
+    .await?;
+    reference.extend(windowed_reference);
     eprintln!("bench: {rows} calls of churn through the claim…");
     add_calls(&pool, rows + measured, 30_000_000, false).await?;
     let churn_started = Instant::now();
@@ -145,6 +220,7 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
             u32::MAX,
             (rows - churned).min(2_000),
             Duration::from_secs(60),
+            &crate::domain::schedule::Rules::OFF,
         )
         .await?;
         anyhow::ensure!(!claimed.is_empty(), "the churn ran out of calls to claim");
@@ -157,12 +233,19 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
         churn_started.elapsed().as_secs_f64(),
         f64::from(rows) / churn_started.elapsed().as_secs_f64()
     );
-    let (after, mut after_ratios) =
-        claim_runs(&mut shallow, &pool, args.runs, claims, &mut reference).await?;
+    let (after, mut after_ratios) = claim_runs(
+        &mut shallow,
+        &pool,
+        (args.runs, claims),
+        &Rules::OFF,
+        &mut reference,
+    )
+    .await?;
     upkeep.cancel();
     for task in upkeep_tasks {
         task.await?;
     }
+    windowed_upkeep.await?;
     let against = |ratios: &mut Vec<f64>| {
         ratios.sort_by(f64::total_cmp);
         format!(
@@ -173,6 +256,7 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
         )
     };
     let (deep_against, after_against) = (against(&mut deep_ratios), against(&mut after_ratios));
+    let half_out_against = against(&mut half_out_ratios);
     Ok(vec![
         figure(
             "claim of 10 calls, 1,000 PENDING",
@@ -185,6 +269,12 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
             "ms",
             deep,
             deep_against,
+        ),
+        figure(
+            &format!("claim of 10 calls, {rows} PENDING, half outside their window"),
+            "ms",
+            half_out,
+            half_out_against,
         ),
         figure(
             &format!("claim of 10 calls, right after {rows} calls of churn"),
