@@ -1,8 +1,10 @@
 -- Lawful calling: a call's own start and deadline and time zone, the do-not-call list, and
 -- what the claim needs to enforce the calling window and the daily limit per number.
 
--- Each new column is NULL for every existing call, so none is checked against old rows
--- (NOT VALID): adding them takes no scan of the table, and every new write is checked.
+-- Nothing here reads a large table: the columns are added without a default, their checks
+-- NOT VALID (every new write is checked; every existing row is NULL), and the indexes on
+-- `calls` and `call_attempts` are built by the next migrations, since this one holds its
+-- tables locked against reads and writes until it commits.
 ALTER TABLE calls
     -- Not dialed before this instant.
     ADD COLUMN not_before timestamptz,
@@ -22,10 +24,6 @@ ALTER TABLE calls ADD CONSTRAINT calls_deadline_after_start
 ALTER TABLE calls ADD CONSTRAINT calls_waiting_for_is_known
     CHECK (waiting_for IN ('NOT_BEFORE', 'CALLING_WINDOW', 'DAILY_LIMIT', 'DEADLINE')) NOT VALID;
 
--- The sweeper ends PENDING calls whose deadline passed, wherever they stand in the queue.
-CREATE INDEX calls_pending_by_deadline
-    ON calls (not_after) WHERE status = 'PENDING' AND not_after IS NOT NULL;
-
 -- The claim walks the queue in the order calls fell due, then oldest first (River's and
 -- Oban's order: scheduled_at, id). A call waiting for its window, its notBefore or its
 -- backoff is further on in this index, never in the way: however many wait, the claim reads
@@ -39,9 +37,8 @@ DROP INDEX call_queue_pending_by_due;
 -- The number of every attempt, for MAX_ATTEMPTS_PER_NUMBER_PER_DAY: the claim counts a
 -- number's attempts of the last 24 hours with one range read of this index. Attempts made
 -- before this migration have none, and are not counted (for their last day at most).
+-- (Its index is built by a migration of its own, which lets reads through meanwhile.)
 ALTER TABLE call_attempts ADD COLUMN to_number text;
-CREATE INDEX call_attempts_by_number
-    ON call_attempts (to_number, claimed_at) WHERE to_number IS NOT NULL;
 
 -- The do-not-call list. A number here is never dialed while its suppression is in force
 -- (no expires_at, or one still ahead): creating a call to it is refused, and a call queued
@@ -58,11 +55,13 @@ CREATE INDEX suppressions_newest_first ON suppressions (created_at DESC, number)
 -- WAITING: the claim or a create moved a call to later (its window, its notBefore, the
 -- daily limit), with why and until when.
 ALTER TABLE call_events DROP CONSTRAINT call_events_kind_check;
+-- NOT VALID here (the table is locked until this migration commits); validated by a later
+-- migration, which reads the table without holding its writers off.
 ALTER TABLE call_events ADD CONSTRAINT call_events_kind_check CHECK (kind IN (
     'CREATED', 'UPDATED', 'CANCELLED', 'DIALED', 'ACCEPTED', 'DIAL_FAILED', 'DIAL_UNKNOWN',
     'RATE_LIMITED', 'WEBHOOK_RECEIVED', 'RECONCILED', 'RETRY_SCHEDULED', 'WAITING',
     'COMPLETED', 'FAILED', 'EXPIRED', 'RESCUED'
-));
+)) NOT VALID;
 
 -- The waiting calls show why they wait (columns added at the end, as CREATE OR REPLACE
 -- VIEW requires).

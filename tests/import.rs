@@ -217,6 +217,23 @@ async fn a_suppression_list_is_imported_and_its_bad_rows_named() {
         )
         .await;
     assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // A campaign with a suppressed number: that row is left out and named, the rest created.
+    let campaign = dir.path().join("campaign.csv");
+    std::fs::write(
+        &campaign,
+        "to,scriptId\n+14155550109,s\n+14155550101,s\n+14155550108,s\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(&app, &campaign, &[]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("line 3: `to` +14155550101 is on the suppression list"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3 rows: 2 calls created, 1 rejected"),
+        "{stdout}"
+    );
     let (_, one) = app.get("/api/v1/suppressions/%2B14155550101").await;
     assert_eq!(
         one["data"]["expiresAt"]

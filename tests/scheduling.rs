@@ -175,9 +175,32 @@ async fn the_callees_own_time_zone_decides() {
     // A number's prefix gives its zones when the call names none.
     let riyadh = create(&app, json!({"to": "+966501234567", "scriptId": "s"})).await;
     assert_eq!(riyadh["timeZones"], json!(["Asia/Riyadh"]));
-    let anywhere_in_na = create(&app, json!({"to": "+19995550100", "scriptId": "s"})).await;
-    assert!(anywhere_in_na["timezone"].is_null());
-    assert!(anywhere_in_na["timeZones"].as_array().unwrap().len() > 30);
+    // A +1 number with no known area code spans Guam to Newfoundland, whose windows of two
+    // hours never meet: refused, asking for the callee's time zone.
+    let (status, body) = app
+        .post(
+            "/api/v1/calls",
+            json!({"to": "+19995550100", "scriptId": "s"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(body["error"]["details"][0]["field"], "timezone", "{body}");
+    let told = create(
+        &app,
+        json!({"to": "+19995550100", "scriptId": "s", "timezone": "America/Chicago"}),
+    )
+    .await;
+    assert_eq!(told["timeZones"], json!(["America/Chicago"]));
+    // With the window off, its many zones are shown as they are.
+    let off = TestApp::spawn().await;
+    let (_, anywhere) = off
+        .post(
+            "/api/v1/calls",
+            json!({"to": "+19995550100", "scriptId": "s"}),
+        )
+        .await;
+    assert!(anywhere["data"]["timezone"].is_null());
+    assert!(anywhere["data"]["timeZones"].as_array().unwrap().len() > 30);
 }
 
 #[tokio::test]
@@ -269,6 +292,13 @@ async fn a_call_past_its_deadline_expires_undialed() {
         json!({"to": "+80012345678", "scriptId": "s", "timezone": "Mars/Olympus"}),
         json!({"to": "+80012345678", "scriptId": "s", "timezone": "../../etc/passwd"}),
         json!({"to": "+80012345678", "scriptId": "s", "notBefore": "tomorrow"}),
+        // Years chrono reads but no schedule means (and the calendar cannot take).
+        json!({"to": "+80012345678", "scriptId": "s", "timezone": "UTC", "notBefore": "+262142-12-31T23:00:00Z"}),
+        json!({"to": "+80012345678", "scriptId": "s", "notBefore": "-200000-01-01T00:00:00Z"}),
+        json!({"to": "+80012345678", "scriptId": "s", "notAfter": "+262142-12-31T23:00:00Z"}),
+        // The same instant to the microsecond, which is all the database keeps.
+        json!({"to": "+80012345678", "scriptId": "s",
+               "notBefore": "2099-01-01T00:00:00.0000001Z", "notAfter": "2099-01-01T00:00:00.0000009Z"}),
     ] {
         let (status, answer) = app.post("/api/v1/calls", body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
@@ -457,6 +487,16 @@ async fn suppression_routes_refuse_bad_input_and_write_nothing() {
         at(&body["data"][1]["expiresAt"]),
         "2030-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
     );
+    for expires in ["-200000-01-01T00:00:00Z", "+262142-12-31T23:00:00Z"] {
+        let (status, body) = app
+            .request(
+                Method::PUT,
+                "/api/v1/suppressions/%2B14155550102",
+                Some(json!({"reason": "r", "expiresAt": expires})),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
     let (status, body) = app.get("/api/v1/suppressions?limit=0").await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "INVALID_PARAMETER");
     let (status, body) = app.get("/api/v1/suppressions/%2B19999999999").await;
@@ -635,6 +675,33 @@ async fn a_resend_that_may_place_the_call_waits_for_the_window() {
         });
     assert!(held, "{events}");
     assert_eq!(app.call(&id).await["status"], "IN_PROGRESS");
+
+    // Daytime again, but the number was suppressed meanwhile: still held.
+    let (status, _) = app
+        .request(
+            Method::PUT,
+            "/api/v1/suppressions/%2B80012345678",
+            Some(json!({"reason": "asked not to be called"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    sqlx::query("UPDATE call_attempts SET lease_until = now() WHERE call_id = $1::uuid")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let day = call_orchestrator::worker::Sweeper::new(replica(&app, open).await);
+    day.run_once().await.unwrap();
+    assert_eq!(
+        provider.received().len(),
+        sent,
+        "a resend went out to a suppressed number"
+    );
+    let (_, events) = app.get(&format!("/api/v1/calls/{id}/events")).await;
+    assert!(
+        events.to_string().contains("its number is suppressed"),
+        "{events}"
+    );
 }
 
 #[tokio::test]
@@ -668,9 +735,17 @@ async fn a_patch_that_leaves_the_schedule_alone_keeps_the_calls_place() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .patch(
+            &format!("/api/v1/calls/{id}"),
+            json!({"payload": {"metadata": {"note": null}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let updates = entries(&app, id, "UPDATED").await;
     assert_eq!(updates[0], json!({"patch": {"metadata": {"note": "x"}}}));
     assert_eq!(updates[1], json!({"timezone": "Europe/Paris"}));
+    assert_eq!(updates[2], json!({"patch": {"metadata": {"note": null}}}));
 }
 
 #[tokio::test]
@@ -696,4 +771,46 @@ async fn an_idempotency_key_names_the_schedule_too() {
         StatusCode::CONFLICT,
         "IDEMPOTENCY_KEY_REUSED",
     );
+}
+
+#[tokio::test]
+async fn a_repeat_answers_the_first_request_whatever_the_suppression_list_became() {
+    let app = TestApp::spawn().await;
+    let post = |path: &'static str, key: &'static str, body: Value| {
+        let request = app
+            .client
+            .post(app.url(path))
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move { common::read(request.send().await.unwrap()).await }
+    };
+    let suppress = |number: &'static str| {
+        app.request(
+            Method::PUT,
+            number,
+            Some(json!({"reason": "asked not to be called"})),
+        )
+    };
+    let single = json!({"to": "+14155550100", "scriptId": "s"});
+    let (status, first) = post("/api/v1/calls", "single", single.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    suppress("/api/v1/suppressions/%2B14155550100").await;
+    let (status, again) = post("/api/v1/calls", "single", single).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["data"]["id"], first["data"]["id"]);
+
+    let batch = json!({"skipSuppressed": true, "calls": [
+        {"to": "+14155550100", "scriptId": "s"},
+        {"to": "+14155550101", "scriptId": "s"},
+        {"to": "+14155550102", "scriptId": "s"},
+    ]});
+    let (status, first) = post("/api/v1/calls/batch", "batch", batch.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    assert_eq!(first["skipped"][0]["index"], 0);
+    suppress("/api/v1/suppressions/%2B14155550101").await;
+    suppress("/api/v1/suppressions/%2B14155550102").await;
+    let (status, again) = post("/api/v1/calls/batch", "batch", batch).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["data"], first["data"]);
 }

@@ -3,6 +3,8 @@
 -- claiming replica for $2 seconds) with a DIALED entry each, and moves on the calls the
 -- schedule held back: later (WAITING), past their deadline (EXPIRED), or suppressed
 -- (CANCELLED). A call is in one list at most. Returns the claimed rows in the order given.
+-- Claims are stamped with `statement_timestamp()` (after the claim lock was granted), as
+-- the daily limit per number counts them by it.
 --   $1 calls to claim, in dial order   $2 lease, in seconds
 --   $3 calls to move later   $4 until when   $5 why (calls.waiting_for)
 --   $6 calls whose deadline passed   $7 their lastError
@@ -14,7 +16,7 @@ claimed AS (
     UPDATE calls c
     SET status = 'IN_PROGRESS',
         attempts = c.attempts + 1,
-        started_at = now(),
+        started_at = statement_timestamp(),
         next_attempt_at = NULL,
         external_call_id = NULL,
         waiting_for = NULL,
@@ -24,8 +26,9 @@ claimed AS (
     RETURNING c.*
 ),
 attempts AS (
-    INSERT INTO call_attempts (call_id, attempt, lease_until, to_number)
-    SELECT id, attempts, now() + make_interval(secs => $2), to_number
+    INSERT INTO call_attempts (call_id, attempt, claimed_at, lease_until, to_number)
+    SELECT id, attempts, statement_timestamp(), statement_timestamp() + make_interval(secs => $2),
+           to_number
     FROM claimed
     RETURNING id AS attempt_id, call_id
 ),

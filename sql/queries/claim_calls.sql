@@ -16,7 +16,9 @@
 -- admitting fewer, never more. The count is taken from call_queue, which the triggers on
 -- `calls` keep in step within the same transactions, so it is the count of calls
 -- IN_PROGRESS. The same lock makes the daily count per number exact: only claims add
--- attempts.
+-- attempts. Time is `statement_timestamp()`, taken after the lock was granted: `now()` is
+-- the transaction's start, before the wait for the lock, and a call judged by it could be
+-- dialed after its window closed or its deadline passed by as long as that wait.
 WITH capacity AS (
     SELECT greatest($1 - count(*), 0) AS free
     FROM call_queue
@@ -35,7 +37,7 @@ queued AS MATERIALIZED (
     SELECT q.call_id
     FROM call_queue q
     WHERE q.status = 'PENDING'
-      AND q.due_at <= now()
+      AND q.due_at <= statement_timestamp()
       AND NOT EXISTS (
           SELECT 1 FROM call_queue busy
           WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
@@ -53,7 +55,7 @@ candidates AS MATERIALIZED (
     FROM calls c
     WHERE c.id = ANY (ARRAY(SELECT call_id FROM queued))
       AND c.status = 'PENDING'
-      AND c.next_attempt_at <= now()
+      AND c.next_attempt_at <= statement_timestamp()
       AND NOT EXISTS (
           SELECT 1 FROM call_queue busy
           WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = c.to_number
@@ -67,17 +69,17 @@ SELECT cand.id,
        cand.not_before,
        cand.not_after,
        (SELECT n FROM wanted) AS free,
-       now() AS now,
+       statement_timestamp() AS now,
        s.reason AS suppressed,
        CASE WHEN $3 THEN ARRAY(
            SELECT a.claimed_at
            FROM call_attempts a
            WHERE a.to_number = cand.to_number
-             AND a.claimed_at > now() - interval '24 hours'
+             AND a.claimed_at > statement_timestamp() - interval '24 hours'
              AND a.status <> 'RATE_LIMITED'
            ORDER BY a.claimed_at
        ) ELSE '{}' END AS recent_dials
 FROM candidates cand
 LEFT JOIN suppressions s
-       ON s.number = cand.to_number AND (s.expires_at IS NULL OR s.expires_at > now())
+       ON s.number = cand.to_number AND (s.expires_at IS NULL OR s.expires_at > statement_timestamp())
 ORDER BY cand.next_attempt_at, cand.seq

@@ -20,7 +20,9 @@ WITH updated AS (
 ),
 events AS (
     INSERT INTO call_events (call_id, kind, detail)
-    SELECT id, 'UPDATED', jsonb_strip_nulls(jsonb_build_object('patch', $5::jsonb)) || $11::jsonb
+    SELECT id, 'UPDATED',
+           CASE WHEN $5::jsonb = 'null'::jsonb THEN '{}'::jsonb
+                ELSE jsonb_build_object('patch', $5::jsonb) END || $11::jsonb
     FROM updated
 )
 SELECT * FROM updated

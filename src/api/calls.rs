@@ -16,13 +16,16 @@ use uuid::Uuid;
 use super::{
     ApiState, ApiTags,
     error::ApiError,
-    idempotency::{checked_key, create_under_key},
+    idempotency::{AsSent, checked_key, create_under_key},
     models::{
         BatchCreateRequest, Call, CallEnvelope, CallPage, CallsEnvelope, Concurrency,
-        CreateCallRequest, CursorPagination, EventPage, MetricsEnvelope, Pagination,
-        PatchCallRequest, SkippedCall, Status, StatusCounts,
+        CreateCallRequest, CursorPagination, EventPage, MetricsEnvelope, PatchCallRequest,
+        SkippedCall, Status, StatusCounts,
     },
-    requests::{parse_batch, parse_request, parse_timing, plus_decoded_as_space},
+    requests::{
+        page_and_limit, pagination, parse_batch, parse_request, parse_timing,
+        plus_decoded_as_space, reachable,
+    },
 };
 use crate::{
     db::{self, CallFilter, CreateOutcome},
@@ -37,7 +40,6 @@ const MAX_EVENTS_LIMIT: i64 = 1000;
 pub const MAX_BATCH: usize = 1000;
 /// Largest page of `GET /api/v1/calls`.
 pub const MAX_LIMIT: i64 = 100;
-const MAX_PAGE: i64 = 1_000_000;
 
 #[derive(ApiResponse)]
 pub enum CreatedCall {
@@ -64,6 +66,15 @@ pub enum CreatedCalls {
 
 pub struct CallsApi;
 
+/// A batch item left out because its number is suppressed.
+fn skipped_call(index: usize, call: &db::NewCall) -> SkippedCall {
+    SkippedCall {
+        index: index as u32,
+        to: call.payload.to.as_str().to_owned(),
+        code: "NUMBER_SUPPRESSED".into(),
+    }
+}
+
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Calls")]
 impl CallsApi {
     /// Create a call
@@ -88,7 +99,12 @@ impl CallsApi {
         let outcome = match key {
             Some(key) => {
                 let calls = std::slice::from_ref(&call);
-                create_under_key(state.0, request, "call", calls, key).await
+                let sent = AsSent {
+                    route: "call",
+                    calls,
+                    skip_suppressed: false,
+                };
+                create_under_key(state.0, request, sent, calls, key).await
             }
             // Creates that arrive together are stored together (group commit).
             None => match state.writers.creates.submit(fastrand::u64(..), call).await {
@@ -139,48 +155,46 @@ impl CallsApi {
     ) -> Result<CreatedCalls, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
         let skip_suppressed = body.0.skip_suppressed;
-        let mut calls = parse_batch(body.0.calls, &state.rules)?;
+        let as_sent = parse_batch(body.0.calls, &state.rules)?;
         // With skipSuppressed, the calls to suppressed numbers are left out first, so that the
-        // rest go through the same paths (Idempotency-Key included) as any batch. Should a
-        // suppression land meanwhile, the insert still refuses its call (422).
+        // rest go through the same paths (Idempotency-Key included) as any batch; one whose
+        // suppression lands meanwhile is left out by the insert itself.
         let mut skipped = Vec::new();
-        let mut indexes: Vec<usize> = (0..calls.len()).collect();
+        let mut indexes: Vec<usize> = (0..as_sent.len()).collect();
+        let mut calls = as_sent.clone();
         if skip_suppressed {
-            let numbers: Vec<&str> = calls.iter().map(|c| c.payload.to.as_str()).collect();
+            let numbers: Vec<&str> = as_sent.iter().map(|c| c.payload.to.as_str()).collect();
             let suppressed = db::suppressed_among(&state.pool, &numbers).await?;
             if !suppressed.is_empty() {
-                let mut kept = Vec::with_capacity(calls.len());
-                let mut kept_indexes = Vec::with_capacity(calls.len());
-                for (index, call) in calls.into_iter().enumerate() {
+                (calls, indexes) = (Vec::with_capacity(as_sent.len()), Vec::new());
+                for (index, call) in as_sent.iter().enumerate() {
                     if suppressed.contains(call.payload.to.as_str()) {
-                        skipped.push(SkippedCall {
-                            index: index as u32,
-                            to: call.payload.to.as_str().to_owned(),
-                            code: "NUMBER_SUPPRESSED".into(),
-                        });
+                        skipped.push(skipped_call(index, call));
                     } else {
-                        kept.push(call);
-                        kept_indexes.push(index);
+                        calls.push(call.clone());
+                        indexes.push(index);
                     }
                 }
-                calls = kept;
-                indexes = kept_indexes;
             }
         }
-        let in_request = |mut err: db::DbError| {
+        let in_request = |index: usize| indexes.get(index).copied().unwrap_or(index);
+        let refused = |mut err: db::DbError| {
             if let db::DbError::Suppressed(list) = &mut err {
                 for item in list.iter_mut() {
-                    item.index = indexes.get(item.index).copied().unwrap_or(item.index);
+                    item.index = in_request(item.index);
                 }
                 return ApiError::suppressed(list, true);
             }
             err.into()
         };
-        let (created, replayed) = if calls.is_empty() {
-            (Vec::new(), None)
-        } else {
-            match key {
-                Some(key) => match create_under_key(state.0, request, "batch", &calls, key).await {
+        let (created, replayed) = match key {
+            Some(key) => {
+                let sent = AsSent {
+                    route: "batch",
+                    calls: &as_sent,
+                    skip_suppressed,
+                };
+                match create_under_key(state.0, request, sent, &calls, key).await {
                     Ok(CreateOutcome::Created(created)) => (created, None),
                     Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
                     Err(db::DbError::IdempotencyConflict) => {
@@ -189,14 +203,21 @@ impl CallsApi {
                             Uuid::nil(),
                         ));
                     }
-                    Err(err) => return Err(in_request(err)),
-                },
-                None => (
-                    db::create_calls(&state.pool, &calls)
+                    Err(err) => return Err(refused(err)),
+                }
+            }
+            None if calls.is_empty() => (Vec::new(), None),
+            None => {
+                let (created, left_out) =
+                    db::create_calls_skipping(&state.pool, &calls, skip_suppressed)
                         .await
-                        .map_err(in_request)?,
-                    None,
-                ),
+                        .map_err(refused)?;
+                for late in left_out {
+                    let index = in_request(late.index);
+                    skipped.push(skipped_call(index, &as_sent[index]));
+                }
+                skipped.sort_by_key(|s| s.index);
+                (created, None)
             }
         };
         if replayed.is_none() && !created.is_empty() {
@@ -319,7 +340,12 @@ impl CallsApi {
                     pick(&body.not_before, current.timing.not_before),
                     pick(&body.not_after, current.timing.not_after),
                     timezone.as_deref(),
-                );
+                    matches!(body.not_after, MaybeUndefined::Value(_)),
+                )
+                .and_then(|timing| match &payload {
+                    Ok(payload) => reachable(&timing, payload, &state.rules).map(|()| timing),
+                    Err(_) => Ok(timing),
+                });
                 match (payload, timing) {
                     (Ok(payload), Ok(timing)) => Ok((payload, timing)),
                     (payload, timing) => Err([payload.err(), timing.err()]
@@ -374,20 +400,7 @@ impl CallsApi {
         /// Calls per page, 1 to 100 (default 10).
         limit: Query<Option<i64>>,
     ) -> Result<Json<CallPage>, ApiError> {
-        let page = page.0.unwrap_or(1);
-        if !(1..=MAX_PAGE).contains(&page) {
-            return Err(ApiError::bad_request(
-                "INVALID_PARAMETER",
-                format!("`page` must be between 1 and {MAX_PAGE}; it is {page}"),
-            ));
-        }
-        let limit = limit.0.unwrap_or(10);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "INVALID_PARAMETER",
-                format!("`limit` must be between 1 and {MAX_LIMIT}; it is {limit}"),
-            ));
-        }
+        let (page, limit) = page_and_limit(page.0, limit.0)?;
         let to = match to.0.as_deref().map(plus_decoded_as_space) {
             Some(raw) => Some(PhoneNumber::parse(&raw).map_err(|err| {
                 ApiError::bad_request("INVALID_PARAMETER", format!("`to` {err}"))
@@ -397,8 +410,8 @@ impl CallsApi {
         let filter = CallFilter {
             status: status.0.map(CallStatus::from),
             to,
-            page: page as u32,
-            limit: limit as u32,
+            page,
+            limit,
         };
         let (calls, total) = db::list_calls(&state.pool, &filter).await?;
         Ok(Json(CallPage {
@@ -407,12 +420,7 @@ impl CallsApi {
                 .into_iter()
                 .map(|call| Call::of(call, &state.rules))
                 .collect(),
-            pagination: Pagination {
-                page: filter.page,
-                limit: filter.limit,
-                total,
-                total_pages: (total + limit - 1) / limit,
-            },
+            pagination: pagination(filter.page, filter.limit, total),
         }))
     }
 

@@ -52,15 +52,31 @@ fn request_hash(route: &str, calls: &[NewCall]) -> Vec<u8> {
     hash.finalize().to_vec()
 }
 
-/// Stores `calls` under the client's `Idempotency-Key` for `route` (see `db::create_idempotent`).
+/// What a request under an `Idempotency-Key` asks for, as it was sent.
+pub(super) struct AsSent<'a> {
+    pub route: &'a str,
+    /// Every call of the request, suppressed ones included.
+    pub calls: &'a [NewCall],
+    /// The batch's `skipSuppressed`.
+    pub skip_suppressed: bool,
+}
+
+/// Stores `calls` (the request's, less those left out) under the client's
+/// `Idempotency-Key` for the request `sent` (see `db::create_idempotent`). The key names the
+/// request as sent, so a repeat is recognised whatever the suppression list has become.
 pub(super) async fn create_under_key(
     state: &ApiState,
     request: &poem::Request,
-    route: &str,
+    sent: AsSent<'_>,
     calls: &[NewCall],
     key: &str,
 ) -> Result<CreateOutcome, db::DbError> {
-    let (scope, hash) = (scope(request), request_hash(route, calls));
+    let mut hash = request_hash(sent.route, sent.calls);
+    if sent.skip_suppressed {
+        // Only then, so that the requests of before the flag keep their hashes.
+        hash = Sha256::digest([hash.as_slice(), b"\0skipSuppressed"].concat()).to_vec();
+    }
+    let scope = scope(request);
     let key = IdempotencyKey {
         scope: &scope,
         key,

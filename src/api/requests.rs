@@ -5,7 +5,7 @@ use poem_openapi::types::ParseFromJSON;
 use super::{
     MAX_BATCH,
     error::{ApiError, envelope},
-    models::{BatchItem, CreateCallRequest, ErrorDetail},
+    models::{BatchItem, CreateCallRequest, ErrorDetail, Pagination},
 };
 use chrono::{DateTime, Utc};
 
@@ -23,6 +23,69 @@ pub(super) fn plus_decoded_as_space(raw: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Largest `page` of a paginated list.
+const MAX_PAGE: i64 = 1_000_000;
+
+/// `page` (from 1, default 1) and `limit` (1 to `MAX_LIMIT`, default 10) of a list route;
+/// out of range is 400, not clamped.
+pub(super) fn page_and_limit(
+    page: Option<i64>,
+    limit: Option<i64>,
+) -> Result<(u32, u32), ApiError> {
+    let page = page.unwrap_or(1);
+    if !(1..=MAX_PAGE).contains(&page) {
+        return Err(ApiError::bad_request(
+            "INVALID_PARAMETER",
+            format!("`page` must be between 1 and {MAX_PAGE}; it is {page}"),
+        ));
+    }
+    let limit = limit.unwrap_or(10);
+    if !(1..=super::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "INVALID_PARAMETER",
+            format!(
+                "`limit` must be between 1 and {}; it is {limit}",
+                super::MAX_LIMIT
+            ),
+        ));
+    }
+    Ok((page as u32, limit as u32))
+}
+
+/// The pagination of a page of `limit` items out of `total`.
+pub(super) fn pagination(page: u32, limit: u32, total: i64) -> Pagination {
+    Pagination {
+        page,
+        limit,
+        total,
+        total_pages: (total + i64::from(limit) - 1) / i64::from(limit),
+    }
+}
+
+/// The 400 of a batch with invalid items: how many of `total` `noun` are invalid, by index,
+/// each problem, and that `nothing` was written.
+pub(super) fn invalid_items(
+    details: Vec<ErrorDetail>,
+    total: usize,
+    noun: &str,
+    nothing: &str,
+) -> ApiError {
+    let bad: std::collections::BTreeSet<_> = details.iter().filter_map(|d| d.index).collect();
+    let list = bad
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    ApiError::BadRequest(envelope(
+        "VALIDATION_ERROR",
+        format!(
+            "{} of {total} {noun} are invalid (index {list}); {nothing}",
+            bad.len()
+        ),
+        details,
+    ))
+}
+
 /// A create body as a call to store, due when `rules` say.
 pub(super) fn parse_request(
     req: CreateCallRequest,
@@ -36,7 +99,12 @@ pub(super) fn parse_request(
         req.not_before,
         req.not_after,
         req.timezone.as_ref().map(|t| t.0.as_str()),
-    );
+        true,
+    )
+    .and_then(|timing| match &payload {
+        Ok(payload) => reachable(&timing, payload, rules).map(|()| timing),
+        Err(_) => Ok(timing),
+    });
     match (payload, timing) {
         (Ok(payload), Ok(timing)) => Ok(NewCall::scheduled(payload, timing, rules)),
         (payload, timing) => Err([payload.err(), timing.err()]
@@ -47,12 +115,36 @@ pub(super) fn parse_request(
     }
 }
 
+/// A call whose callee's time zones share no hour of the calling window (a `+1` number with no
+/// known area code spans Guam to Newfoundland) would wait for ever: refused, asking for its
+/// `timezone`.
+pub(super) fn reachable(
+    timing: &CallTiming,
+    payload: &CallPayload,
+    rules: &Rules,
+) -> Result<(), Vec<FieldError>> {
+    let zones = rules.zones(&payload.to, timing.timezone);
+    if rules.window.next_opening(&zones, Utc::now()).is_some() {
+        return Ok(());
+    }
+    Err(vec![FieldError::new(
+        "timezone",
+        format!(
+            "the time zones of `to` ({} of them, from its prefix) share no hour of the calling \
+             window {}: give the call its callee's `timezone`",
+            zones.len(),
+            rules.window
+        ),
+    )])
+}
+
 /// `notBefore`, `notAfter` and `timezone`, checked together: a deadline in the future and
 /// after the start, a time zone the IANA database knows.
 pub(super) fn parse_timing(
     not_before: Option<DateTime<Utc>>,
     not_after: Option<DateTime<Utc>>,
     timezone: Option<&str>,
+    deadline_sent: bool,
 ) -> Result<CallTiming, Vec<FieldError>> {
     let mut errors = Vec::new();
     let timezone = match timezone.map(parse_zone) {
@@ -63,8 +155,14 @@ pub(super) fn parse_timing(
         }
         None => None,
     };
+    let not_before =
+        not_before.and_then(|at| instant(at, "notBefore").map_err(|e| errors.push(e)).ok());
+    let not_after =
+        not_after.and_then(|at| instant(at, "notAfter").map_err(|e| errors.push(e)).ok());
     if let Some(deadline) = not_after {
-        if deadline <= Utc::now() {
+        // Only a deadline sent now must be ahead: a PATCH of another field leaves a stored
+        // one alone, passed or not (the sweeper expires the call).
+        if deadline_sent && deadline <= Utc::now() {
             errors.push(FieldError::new(
                 "notAfter",
                 "`notAfter` must be in the future",
@@ -86,6 +184,29 @@ pub(super) fn parse_timing(
     } else {
         Err(errors)
     }
+}
+
+/// The first instant `notBefore`, `notAfter` or `expiresAt` may name.
+const EARLIEST: &str = "2000-01-01T00:00:00Z";
+/// How far ahead they may reach.
+const FURTHEST_YEARS: i32 = 100;
+
+/// An instant a client sent, kept as the database keeps it (to the microsecond), between the
+/// year 2000 and a hundred years from now: chrono reads years of six digits, which no
+/// schedule means and which the database (or the calendar arithmetic) could not take.
+pub(crate) fn instant(at: DateTime<Utc>, field: &str) -> Result<DateTime<Utc>, FieldError> {
+    use chrono::{Datelike, DurationRound};
+    let earliest: DateTime<Utc> = EARLIEST.parse().expect("a valid instant");
+    let furthest_year = Utc::now().year() + FURTHEST_YEARS;
+    if at < earliest || at.year() > furthest_year {
+        return Err(FieldError::new(
+            field,
+            format!("`{field}` must be between the year 2000 and the year {furthest_year}"),
+        ));
+    }
+    Ok(at
+        .duration_trunc(chrono::Duration::microseconds(1))
+        .unwrap_or(at))
 }
 
 fn parse_zone(name: &str) -> Result<chrono_tz::Tz, FieldError> {
@@ -140,20 +261,12 @@ pub(super) fn parse_batch(items: Vec<BatchItem>, rules: &Rules) -> Result<Vec<Ne
         }
     }
     if !details.is_empty() {
-        let bad: std::collections::BTreeSet<_> = details.iter().filter_map(|d| d.index).collect();
-        let list = bad
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(ApiError::BadRequest(envelope(
-            "VALIDATION_ERROR",
-            format!(
-                "{} of {total} calls are invalid (index {list}); no call was created",
-                bad.len()
-            ),
+        return Err(invalid_items(
             details,
-        )));
+            total,
+            "calls",
+            "no call was created",
+        ));
     }
     Ok(calls)
 }

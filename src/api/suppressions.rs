@@ -13,13 +13,12 @@ use poem_openapi::{
 
 use super::{
     ApiState, ApiTags, MAX_BATCH,
-    calls::MAX_LIMIT,
     error::{ApiError, envelope},
     models::{
-        ErrorDetail, Pagination, PutSuppressionRequest, Suppression, SuppressionBatchRequest,
+        ErrorDetail, PutSuppressionRequest, Suppression, SuppressionBatchRequest,
         SuppressionEnvelope, SuppressionPage, SuppressionsEnvelope,
     },
-    requests::plus_decoded_as_space,
+    requests::{instant, invalid_items, page_and_limit, pagination, plus_decoded_as_space},
 };
 use crate::{
     db::{self, DbError, NewSuppression},
@@ -28,7 +27,6 @@ use crate::{
 
 /// Longest `reason`, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
-const MAX_PAGE: i64 = 1_000_000;
 
 #[derive(ApiResponse)]
 pub enum PutAnswer {
@@ -64,10 +62,16 @@ impl SuppressionsApi {
         let number = path_number(&number.0)?;
         let reason =
             check_reason(&body.0.reason.0, "reason").map_err(|e| ApiError::validation(vec![e]))?;
+        let expires_at = body
+            .0
+            .expires_at
+            .map(|at| instant(at, "expiresAt"))
+            .transpose()
+            .map_err(|e| ApiError::validation(vec![e]))?;
         let item = NewSuppression {
             number,
             reason,
-            expires_at: body.0.expires_at,
+            expires_at,
         };
         let mut put = db::put_suppressions(&state.pool, std::slice::from_ref(&item)).await?;
         let (suppression, created) = put.pop().ok_or_else(|| ApiError::from(DbError::NotFound))?;
@@ -135,30 +139,12 @@ impl SuppressionsApi {
         /// Suppressions per page, 1 to 100 (default 10).
         limit: Query<Option<i64>>,
     ) -> Result<Json<SuppressionPage>, ApiError> {
-        let page = page.0.unwrap_or(1);
-        if !(1..=MAX_PAGE).contains(&page) {
-            return Err(ApiError::bad_request(
-                "INVALID_PARAMETER",
-                format!("`page` must be between 1 and {MAX_PAGE}; it is {page}"),
-            ));
-        }
-        let limit = limit.0.unwrap_or(10);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "INVALID_PARAMETER",
-                format!("`limit` must be between 1 and {MAX_LIMIT}; it is {limit}"),
-            ));
-        }
-        let (rows, total) = db::list_suppressions(&state.pool, page as u32, limit as u32).await?;
+        let (page, limit) = page_and_limit(page.0, limit.0)?;
+        let (rows, total) = db::list_suppressions(&state.pool, page, limit).await?;
         Ok(Json(SuppressionPage {
             success: true,
             data: rows.into_iter().map(shown).collect(),
-            pagination: Pagination {
-                page: page as u32,
-                limit: limit as u32,
-                total,
-                total_pages: (total + limit - 1) / limit,
-            },
+            pagination: pagination(page, limit, total),
         }))
     }
 
@@ -211,12 +197,19 @@ impl SuppressionsApi {
             let reason = check_reason(&item.reason.0, "reason")
                 .map_err(|e| problems.push(e))
                 .ok();
+            let expires_at = item
+                .expires_at
+                .map(|at| instant(at, "expiresAt"))
+                .transpose()
+                .map_err(|e| problems.push(e))
+                .ok()
+                .flatten();
             match (number, reason) {
                 (Some(number), Some(reason)) if problems.is_empty() => {
                     parsed.push(NewSuppression {
                         number,
                         reason,
-                        expires_at: item.expires_at,
+                        expires_at,
                     })
                 }
                 _ => details.extend(problems.into_iter().map(|e| ErrorDetail {
@@ -227,20 +220,12 @@ impl SuppressionsApi {
             }
         }
         if !details.is_empty() {
-            let bad: std::collections::BTreeSet<_> =
-                details.iter().filter_map(|d| d.index).collect();
-            return Err(ApiError::BadRequest(envelope(
-                "VALIDATION_ERROR",
-                format!(
-                    "{} of {total} suppressions are invalid (index {}); nothing was written",
-                    bad.len(),
-                    bad.iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+            return Err(invalid_items(
                 details,
-            )));
+                total,
+                "suppressions",
+                "nothing was written",
+            ));
         }
         let put = db::put_suppressions(&state.pool, &parsed).await?;
         tracing::info!(count = put.len(), "numbers suppressed");

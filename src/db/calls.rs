@@ -256,7 +256,13 @@ pub async fn create_idempotent(
     key: IdempotencyKey<'_>,
 ) -> Result<CreateOutcome, DbError> {
     let ids: Vec<Uuid> = calls.iter().map(|c| c.id).collect();
-    let first = *ids.first().ok_or(DbError::NotFound)?;
+    // Nothing left to create (every call of a batch skipped as suppressed): only a repeat of
+    // an earlier request has an answer.
+    let Some(&first) = ids.first() else {
+        return replay(pool, key)
+            .await?
+            .unwrap_or(Ok(CreateOutcome::Created(Vec::new())));
+    };
     // A key can expire between our failed claim and our look-up; a few rounds settle it.
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
@@ -264,7 +270,12 @@ pub async fn create_idempotent(
         let left_out = suppressed(calls, &created);
         if !left_out.is_empty() {
             tx.rollback().await?;
-            return Err(DbError::Suppressed(left_out));
+            // A repeat of a request whose calls were created before their number was
+            // suppressed answers those calls, as any repeat does.
+            return match replay(pool, key).await? {
+                Some(answer) => answer,
+                None => Err(DbError::Suppressed(left_out)),
+            };
         }
         let claimed: Option<Uuid> =
             sqlx::query_scalar(include_str!("../../sql/queries/claim_idempotency_key.sql"))
@@ -280,26 +291,37 @@ pub async fn create_idempotent(
             return Ok(CreateOutcome::Created(created));
         }
         tx.rollback().await?;
-        let existing: Option<(Vec<u8>, Uuid, Option<Vec<Uuid>>)> =
-            sqlx::query_as(include_str!("../../sql/queries/find_idempotency_key.sql"))
-                .bind(key.scope)
-                .bind(key.key)
-                .fetch_optional(pool)
-                .await?;
-        match existing {
-            Some((stored, _, _)) if stored != key.request_hash => {
-                return Err(DbError::IdempotencyConflict);
-            }
-            Some((_, call_id, call_ids)) => {
-                let ids = call_ids.unwrap_or_else(|| vec![call_id]);
-                return get_calls(pool, &ids).await.map(CreateOutcome::Replayed);
-            }
-            None => continue,
+        if let Some(answer) = replay(pool, key).await? {
+            return answer;
         }
     }
     Err(DbError::Other(sqlx::Error::Protocol(
         "Idempotency-Key kept changing hands".into(),
     )))
+}
+
+/// What an earlier request under `key` answers to a repeat: its calls, or a conflict when
+/// it was another request; `None` when the key is unused (or expired).
+async fn replay(
+    pool: &PgPool,
+    key: IdempotencyKey<'_>,
+) -> Result<Option<Result<CreateOutcome, DbError>>, DbError> {
+    let existing: Option<(Vec<u8>, Uuid, Option<Vec<Uuid>>)> =
+        sqlx::query_as(include_str!("../../sql/queries/find_idempotency_key.sql"))
+            .bind(key.scope)
+            .bind(key.key)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match existing {
+        Some((stored, _, _)) if stored != key.request_hash => {
+            Some(Err(DbError::IdempotencyConflict))
+        }
+        Some((_, call_id, call_ids)) => {
+            let ids = call_ids.unwrap_or_else(|| vec![call_id]);
+            Some(get_calls(pool, &ids).await.map(CreateOutcome::Replayed))
+        }
+        None => None,
+    })
 }
 
 /// Calls by id, in the order of `ids`; `NotFound` if one is missing.

@@ -43,8 +43,10 @@ pub struct ImportArgs {
     pub suppressions: bool,
 }
 
-/// Reads and checks a suppression list: the valid rows (with their lines) and the rejected.
-pub fn read_suppressions(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Rejected>)> {
+/// The file's reader and its header row; cells trimmed, every row as wide as the header.
+fn open_csv(
+    file: &std::path::Path,
+) -> anyhow::Result<(csv::Reader<std::fs::File>, csv::StringRecord)> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
@@ -54,6 +56,30 @@ pub fn read_suppressions(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Ve
         .headers()
         .context("the CSV has no header row")?
         .clone();
+    Ok((reader, headers))
+}
+
+/// A row, or `None` with the row rejected for not being valid CSV.
+fn record_or_rejected(
+    record: Result<csv::StringRecord, csv::Error>,
+    rejected: &mut Vec<Rejected>,
+) -> Option<csv::StringRecord> {
+    match record {
+        Ok(record) => Some(record),
+        Err(err) => {
+            let line = err.position().map_or(0, |p| p.line());
+            rejected.push(Rejected {
+                line,
+                reason: format!("not a valid CSV row: {err}"),
+            });
+            None
+        }
+    }
+}
+
+/// Reads and checks a suppression list: the valid rows (with their lines) and the rejected.
+pub fn read_suppressions(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Rejected>)> {
+    let (mut reader, headers) = open_csv(file)?;
     let column = |name: &str| headers.iter().position(|h| h == name);
     let number_at = column("number").context("the CSV has no `number` column")?;
     let reason_at = column("reason").context("the CSV has no `reason` column")?;
@@ -68,16 +94,8 @@ pub fn read_suppressions(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Ve
     let mut rejected = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for record in reader.records() {
-        let record = match record {
-            Ok(record) => record,
-            Err(err) => {
-                let line = err.position().map_or(0, |p| p.line());
-                rejected.push(Rejected {
-                    line,
-                    reason: format!("not a valid CSV row: {err}"),
-                });
-                continue;
-            }
+        let Some(record) = record_or_rejected(record, &mut rejected) else {
+            continue;
         };
         let line = record.position().map_or(0, |p| p.line());
         let mut problems = Vec::new();
@@ -146,15 +164,7 @@ pub type Row = (u64, Value);
 
 /// Reads and checks the file: the valid calls (with their lines) and the rejected rows.
 pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Rejected>)> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_path(file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
-    let headers = reader
-        .headers()
-        .context("the CSV has no header row")?
-        .clone();
+    let (mut reader, headers) = open_csv(file)?;
     let column = |name: &str| headers.iter().position(|h| h == name);
     let to_at = column("to").context("the CSV has no `to` column")?;
     let script_at = column("scriptId").context("the CSV has no `scriptId` column")?;
@@ -173,16 +183,8 @@ pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Reject
     let mut valid = Vec::new();
     let mut rejected = Vec::new();
     for record in reader.records() {
-        let record = match record {
-            Ok(record) => record,
-            Err(err) => {
-                let line = err.position().map_or(0, |p| p.line());
-                rejected.push(Rejected {
-                    line,
-                    reason: format!("not a valid CSV row: {err}"),
-                });
-                continue;
-            }
+        let Some(record) = record_or_rejected(record, &mut rejected) else {
+            continue;
         };
         let line = record.position().map_or(0, |p| p.line());
         let mut metadata = Map::new();
@@ -240,7 +242,12 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
         let size = usize::from(args.batch_size).min(MAX_BATCH);
         for (index, chunk) in valid.chunks(size).enumerate() {
             let items: Vec<&Value> = chunk.iter().map(|(_, item)| item).collect();
-            let body = json!({ field: items });
+            let mut body = json!({ field: items });
+            if !args.suppressions {
+                // A suppressed number is one row left out and reported, not the end of the
+                // import.
+                body["skipSuppressed"] = json!(true);
+            }
             // The same batch always carries the same key, so a batch sent again after a
             // lost answer (here, or by running the import again) is never stored twice.
             let key = batch_key(index, &body);
@@ -288,7 +295,21 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
             let status = response.status();
             let body: Value = response.json().await.unwrap_or(Value::Null);
             if status.is_success() {
-                report.created += chunk.len();
+                let skipped = body["skipped"].as_array().cloned().unwrap_or_default();
+                for item in &skipped {
+                    if let Some((line, row)) =
+                        item["index"].as_u64().and_then(|i| chunk.get(i as usize))
+                    {
+                        rejected.push(Rejected {
+                            line: *line,
+                            reason: format!(
+                                "`to` {} is on the suppression list: not created",
+                                row["to"].as_str().unwrap_or_default()
+                            ),
+                        });
+                    }
+                }
+                report.created += chunk.len() - skipped.len().min(chunk.len());
                 bar.inc(chunk.len() as u64);
                 continue;
             }

@@ -11,17 +11,47 @@ use crate::{
 };
 
 /// A resend to a provider without a look-up sends the dial request again, which places the
-/// call if the first never arrived: outside the callee's window, it waits for the opening
-/// instead (the attempt stays open, as after a lost answer; CALL_TIMEOUT still bounds it).
+/// call if the first never arrived; so it is held, and the attempt stays open as after a
+/// lost answer, while the callee's window is closed (until it opens), once the call's
+/// `notAfter` has passed, or while its number is suppressed. CALL_TIMEOUT still bounds the
+/// attempt: one held that long ends `EXPIRED`, as it is not known whether it was placed.
 /// A vendor's rescue only looks the call up, which is not a dial, at any hour.
-fn resend_held(worker: &Worker, claimed: &Claimed) -> Option<DialOutcome> {
+async fn resend_held(worker: &Worker, claimed: &Claimed) -> Option<DialOutcome> {
     if !claimed.resend() || worker.provider.has_look_up() {
         return None;
     }
     let rules = &worker.settings.rules;
     let call = &claimed.call;
-    let zones = rules.zones(&call.payload.to, call.timing.timezone);
     let now = chrono::Utc::now();
+    let held = |reason: String, until: chrono::DateTime<chrono::Utc>| DialOutcome::Unknown {
+        reason: format!("{HELD}{reason}"),
+        resend_in: (until - now).to_std().unwrap_or_default(),
+    };
+    let retry_later = now + chrono::Duration::minutes(1);
+    if call
+        .timing
+        .not_after
+        .is_some_and(|deadline| deadline <= now)
+    {
+        return Some(held(
+            "its notAfter has passed".into(),
+            now + chrono::Duration::hours(24),
+        ));
+    }
+    match db::suppressed_among(&worker.pool, &[call.payload.to.as_str()]).await {
+        Ok(found) if !found.is_empty() => {
+            return Some(held("its number is suppressed".into(), retry_later));
+        }
+        Ok(_) => {}
+        // Not knowing is not sending.
+        Err(_) => {
+            return Some(held(
+                "the suppression list could not be read".into(),
+                retry_later,
+            ));
+        }
+    }
+    let zones = rules.zones(&call.payload.to, call.timing.timezone);
     if rules.window.is_open(&zones, now) {
         return None;
     }
@@ -29,14 +59,17 @@ fn resend_held(worker: &Worker, claimed: &Claimed) -> Option<DialOutcome> {
         .window
         .next_opening(&zones, now)
         .unwrap_or(now + chrono::Duration::hours(24));
-    Some(DialOutcome::Unknown {
-        reason: format!(
-            "not sent again: outside the callee's calling window until {}",
+    Some(held(
+        format!(
+            "outside the callee's calling window until {}",
             opening.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
-        resend_in: (opening - now).to_std().unwrap_or_default(),
-    })
+        opening,
+    ))
 }
+
+/// How a held resend's reason starts.
+const HELD: &str = "not sent again: ";
 
 /// Dials a claimed attempt and records the answer (see `Worker::spawn_dial`).
 #[tracing::instrument(skip_all, fields(call_id = %claimed.call.id, attempt = claimed.attempt))]
@@ -54,13 +87,21 @@ pub(crate) async fn dial_and_record(worker: &Worker, claimed: Claimed) {
         known_provider_ids: claimed.known_provider_ids.clone(),
     };
     let started = std::time::Instant::now();
-    let mut outcome = match resend_held(worker, &claimed) {
-        // Not sent: a resend may place the call, and its window has closed since the claim.
+    let held = resend_held(worker, &claimed).await;
+    let was_held = held.is_some();
+    let mut outcome = match held {
+        // Not sent: a resend may place the call, and the schedule forbids it now.
         Some(held) => held,
-        None => provider.dial(&request, claimed.rescues).await,
+        None => {
+            let outcome = provider.dial(&request, claimed.rescues).await;
+            crate::metrics::provider_request(outcome.label(), started.elapsed());
+            outcome
+        }
     };
-    crate::metrics::provider_request(outcome.label(), started.elapsed());
     match &outcome {
+        DialOutcome::Unknown { reason, resend_in } if was_held => {
+            tracing::info!(?reason, ?resend_in, "resend held: the attempt stays open")
+        }
         DialOutcome::Accepted { provider_call_id } => {
             tracing::info!(
                 provider_call_id = provider_call_id.as_deref().unwrap_or(""),

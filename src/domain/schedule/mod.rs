@@ -66,7 +66,12 @@ impl Rules {
         match self.window.next_opening(&zones, at) {
             Some(opening) if opening > at => (at, why) = (opening, Some(Wait::Window)),
             Some(_) => {}
-            None => (at, why) = (at + NO_OPENING_RETRY, Some(Wait::Window)),
+            None => {
+                (at, why) = (
+                    at.checked_add_signed(NO_OPENING_RETRY).unwrap_or(at),
+                    Some(Wait::Window),
+                )
+            }
         }
         match call.not_after {
             Some(deadline) if at > deadline => (deadline, Some(Wait::Deadline)),

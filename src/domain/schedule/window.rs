@@ -225,9 +225,13 @@ impl CallingWindow {
         let mut openings: Vec<DateTime<Utc>> = zones
             .iter()
             .flat_map(|&tz| {
-                let first = at.with_timezone(&tz).date_naive() - Duration::days(1);
+                // Checked: an instant at the calendar's end has no day after it.
+                let first = at
+                    .with_timezone(&tz)
+                    .date_naive()
+                    .checked_sub_signed(Duration::days(1));
                 (0..SEARCH_DAYS).filter_map(move |k| {
-                    let date = first + Duration::days(k);
+                    let date = first?.checked_add_signed(Duration::days(k))?;
                     self.days
                         .has(date.weekday().num_days_from_monday())
                         .then(|| local_instant(tz, date, hours.start))
@@ -255,10 +259,11 @@ impl fmt::Display for CallingWindow {
 /// the first minute after the gap, which is when the window opens that day.
 fn local_instant(tz: Tz, date: NaiveDate, minute: u16) -> Option<DateTime<Utc>> {
     let midnight = date.and_hms_opt(0, 0, 0)?;
-    let wanted: NaiveDateTime = midnight + Duration::minutes(i64::from(minute));
+    let wanted: NaiveDateTime =
+        midnight.checked_add_signed(Duration::minutes(i64::from(minute)))?;
     (0..=240)
         .find_map(|skip| {
-            tz.from_local_datetime(&(wanted + Duration::minutes(skip)))
+            tz.from_local_datetime(&wanted.checked_add_signed(Duration::minutes(skip))?)
                 .earliest()
         })
         .map(|t| t.with_timezone(&Utc))
@@ -444,6 +449,15 @@ mod tests {
             w.next_opening(&[London], utc("2026-01-17T06:00:00Z")),
             Some(utc("2026-01-23T22:00:00Z"))
         );
+    }
+
+    #[test]
+    fn the_end_of_the_calendar_is_no_panic() {
+        let w = window("08:00-21:00", "mon-sun");
+        let end = DateTime::<Utc>::MAX_UTC;
+        assert!(w.next_opening(&[New_York, Tokyo], end).is_none() || w.is_open(&[New_York], end));
+        let start = DateTime::<Utc>::MIN_UTC;
+        let _ = w.next_opening(&[Lord_Howe], start);
     }
 
     #[test]
