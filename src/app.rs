@@ -291,6 +291,7 @@ fn log_schedule_policy(config: &Config) {
         time_zones = "the call's timezone, else the number's prefix (libphonenumber), else DEFAULT_TIMEZONE",
         default_timezone = %rules.default_zone,
         libphonenumber = crate::domain::schedule::zones::DATA_VERSION.trim(),
+        tzdb = chrono_tz::IANA_TZDB_VERSION,
         max_attempts_per_number_per_day = rules.max_attempts_per_number_per_day,
         retry_outcomes = %retried.join(","),
         "calling policy"
