@@ -68,8 +68,8 @@ struct CandidateRow {
     recent_dials: Vec<DateTime<Utc>>,
 }
 
-/// What the schedule made of one round of candidates: the second half's lists
-/// (`sql/queries/claim_apply.sql`).
+/// What the schedule made of one round of candidates: the calls to claim
+/// (`sql/queries/claim_apply.sql`) and those held back (`sql/queries/hold_calls.sql`).
 #[derive(Default)]
 struct Sorted {
     dial: Vec<Uuid>,
@@ -126,6 +126,15 @@ fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
     sorted
 }
 
+/// The claim transaction's opening: READ COMMITTED, the idle timeout, the claim lock.
+fn begin_claim() -> String {
+    format!(
+        "BEGIN ISOLATION LEVEL READ COMMITTED; \
+         SELECT set_config('idle_in_transaction_session_timeout', '5s', true), \
+                pg_advisory_xact_lock({CLAIM_LOCK})"
+    )
+}
+
 /// Rounds of one claim: a round that moves calls out of the way (their window, their
 /// deadline) is followed by another, so that they do not cost the calls behind them a turn.
 const ROUNDS: usize = 4;
@@ -145,20 +154,17 @@ pub async fn claim(
         // READ COMMITTED, whatever the server's default: the claim's exactness argument
         // (sql/queries/claim_calls.sql) rests on each statement's snapshot being taken after
         // the lock was granted, which REPEATABLE READ or SERIALIZABLE would break.
-        let mut tx = pool
-            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await?;
+        //
         // A replica that stalls while it holds the claim lock (stopped, swapped out, its
         // network gone) would hold every other replica's claims until its connection dies:
         // the server ends its session after a few idle seconds instead, which rolls the
         // claim back and frees the lock.
-        sqlx::query(
-            "SELECT set_config('idle_in_transaction_session_timeout', '5s', true),
-                    pg_advisory_xact_lock($1)",
-        )
-        .bind(CLAIM_LOCK)
-        .execute(&mut *tx)
-        .await?;
+        //
+        // BEGIN, the timeout and the lock go in one round trip (a simple query of several
+        // statements), as the claim now takes two statements of its own. The lock is a
+        // statement of its own all the same: the claim's statements take their snapshots
+        // after it was granted.
+        let mut tx = pool.begin_with(begin_claim()).await?;
         match claim_rounds(&mut tx, cap, max, lease, rules).await {
             Ok(claimed) => {
                 tx.commit().await?;
@@ -198,10 +204,8 @@ async fn claim_rounds(
         let sorted = sort(&candidates, free, rules);
         let due: std::collections::HashMap<Uuid, DateTime<Utc>> =
             candidates.iter().map(|c| (c.id, c.due_at)).collect();
-        let rows: Vec<ClaimedRow> =
-            sqlx::query_as(include_str!("../../sql/queries/claim_apply.sql"))
-                .bind(&sorted.dial)
-                .bind(lease.as_secs_f64())
+        if sorted.moved_any() {
+            sqlx::query(include_str!("../../sql/queries/hold_calls.sql"))
                 .bind(&sorted.later.0)
                 .bind(&sorted.later.1)
                 .bind(&sorted.later.2)
@@ -209,8 +213,18 @@ async fn claim_rounds(
                 .bind(&sorted.expire.1)
                 .bind(&sorted.cancel.0)
                 .bind(&sorted.cancel.1)
-                .fetch_all(&mut **tx)
+                .execute(&mut **tx)
                 .await?;
+        }
+        let rows: Vec<ClaimedRow> = if sorted.dial.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(include_str!("../../sql/queries/claim_apply.sql"))
+                .bind(&sorted.dial)
+                .bind(lease.as_secs_f64())
+                .fetch_all(&mut **tx)
+                .await?
+        };
         let held = sorted.later.0.len() + sorted.expire.0.len() + sorted.cancel.0.len();
         if held > 0 {
             tracing::debug!(
