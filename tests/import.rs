@@ -234,6 +234,33 @@ async fn a_suppression_list_is_imported_and_its_bad_rows_named() {
         stdout.contains("3 rows: 2 calls created, 1 rejected"),
         "{stdout}"
     );
+    // A schedule per row.
+    let scheduled = dir.path().join("scheduled.csv");
+    std::fs::write(
+        &scheduled,
+        "to,scriptId,notBefore,notAfter,timezone\n\
+         +14155550107,s,2090-01-01T15:00:00Z,,America/Los_Angeles\n\
+         +14155550106,s,soon,,\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(&app, &scheduled, &[]).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("line 3: `notBefore` `soon` is not an RFC 3339 instant"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 rows: 1 calls created, 1 rejected"),
+        "{stdout}"
+    );
+    let (_, page) = app.get("/api/v1/calls?to=%2B14155550107").await;
+    assert_eq!(page["data"][0]["timezone"], "America/Los_Angeles", "{page}");
+    assert!(
+        page["data"][0]["notBefore"]
+            .as_str()
+            .unwrap()
+            .starts_with("2090-01-01T15:00:00")
+    );
     let (_, one) = app.get("/api/v1/suppressions/%2B14155550101").await;
     assert_eq!(
         one["data"]["expiresAt"]

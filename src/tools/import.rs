@@ -1,8 +1,8 @@
 //! `call-orchestrator import FILE.csv`: a campaign from a CSV file, sent through the batch
 //! route of a running service, with a progress bar and a per-row report.
 //!
-//! Columns: `to`, `scriptId`, and any number of `metadata.<key>` (text values; empty cells
-//! are left out). Rows are checked here first with the service's own rules; the valid ones
+//! Columns: `to`, `scriptId`, optionally `notBefore`, `notAfter` (RFC 3339) and `timezone`
+//! (IANA), and any number of `metadata.<key>` (text values; empty cells are left out). Rows are checked here first with the service's own rules; the valid ones
 //! are sent in batches of up to 1000 and created in file order, the others reported.
 
 use std::{path::PathBuf, time::Duration};
@@ -174,11 +174,21 @@ pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Reject
         .filter_map(|(i, h)| h.strip_prefix("metadata.").map(|k| (i, k.to_owned())))
         .filter(|(_, k)| !k.is_empty())
         .collect();
-    if let Some(unknown) = headers
-        .iter()
-        .find(|h| !matches!(*h, "to" | "scriptId") && !h.starts_with("metadata."))
-    {
-        anyhow::bail!("column `{unknown}` is not to, scriptId or metadata.<key>");
+    // The schedule of each call, when the file gives one: sent as it stands, checked by the
+    // service (and here for what the file alone can tell: an instant that is not RFC 3339).
+    let schedule_at: Vec<(usize, &str)> = ["notBefore", "notAfter", "timezone"]
+        .into_iter()
+        .filter_map(|name| column(name).map(|i| (i, name)))
+        .collect();
+    if let Some(unknown) = headers.iter().find(|h| {
+        !matches!(
+            *h,
+            "to" | "scriptId" | "notBefore" | "notAfter" | "timezone"
+        ) && !h.starts_with("metadata.")
+    }) {
+        anyhow::bail!(
+            "column `{unknown}` is not to, scriptId, notBefore, notAfter, timezone or metadata.<key>"
+        );
     }
     let mut valid = Vec::new();
     let mut rejected = Vec::new();
@@ -194,13 +204,35 @@ pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Reject
             }
         }
         let metadata = Value::Object(metadata);
+        let mut problems = Vec::new();
+        let mut schedule = Map::new();
+        for (i, name) in &schedule_at {
+            let Some(value) = record.get(*i).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if *name != "timezone" && chrono::DateTime::parse_from_rfc3339(value).is_err() {
+                problems.push(format!("`{name}` `{value}` is not an RFC 3339 instant"));
+            }
+            schedule.insert((*name).to_owned(), Value::from(value));
+        }
         match CallPayload::parse(record.get(to_at), record.get(script_at), Some(&metadata)) {
-            Ok(payload) => valid.push((line, payload.to_json())),
+            Ok(payload) if problems.is_empty() => {
+                let mut call = payload.to_json();
+                if let Value::Object(fields) = &mut call {
+                    fields.extend(schedule);
+                }
+                valid.push((line, call))
+            }
+            Ok(_) => rejected.push(Rejected {
+                line,
+                reason: problems.join("; "),
+            }),
             Err(errors) => rejected.push(Rejected {
                 line,
                 reason: errors
                     .into_iter()
                     .map(|e| e.message)
+                    .chain(problems)
                     .collect::<Vec<_>>()
                     .join("; "),
             }),
