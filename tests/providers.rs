@@ -16,7 +16,7 @@ use call_orchestrator::{
 };
 use common::{
     TestApp,
-    vendor::{KEY, SECRET, Vendor, start},
+    vendor::{KEY, SECRET, Vendor, one_call, start},
 };
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::StatusCode;
@@ -679,20 +679,7 @@ fn signed_webhook(
 #[tokio::test]
 async fn each_vendors_signature_is_accepted_when_right_and_refused_otherwise() {
     for dialect in VENDORS {
-        // The simulator's calls never end on their own: the test's webhook ends them.
-        let vendor = start(
-            dialect,
-            |s| {
-                s.progress_webhooks = false;
-                s.drop_webhook_rate = 1.0;
-                s.min_duration = Duration::from_secs(600);
-                s.max_duration = Duration::from_secs(600);
-            },
-            |_| {},
-        )
-        .await;
-        let id = vendor.create("+14155550100", json!({})).await;
-        let external = vendor.dialed(&id).await;
+        let (vendor, id, external) = one_call(dialect).await;
         let path = handed_out(&vendor, &id).await;
         let url = vendor.app.url(&path);
         let right_key = match dialect {

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use call_orchestrator::tools::sim::{Dialect, TWILIO_ACCOUNT_SID};
-use common::vendor::{KEY, Vendor, start};
+use common::vendor::{KEY, one_call};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -61,25 +61,6 @@ print(json.dumps({
     "stale_valid": webhook_auth.verify(case["body"], case["key"], case["stale"]),
 }))
 "#;
-
-/// The service speaking `dialect` to its simulator, one call dialed and held open:
-/// (the service and simulator, the call's id, the vendor's id for it).
-async fn one_call(dialect: Dialect) -> (Vendor, String, String) {
-    let vendor = start(
-        dialect,
-        |s| {
-            s.progress_webhooks = false;
-            s.drop_webhook_rate = 1.0;
-            s.min_duration = Duration::from_secs(600);
-            s.max_duration = Duration::from_secs(600);
-        },
-        |_| {},
-    )
-    .await;
-    let id = vendor.create("+14155550100", json!({})).await;
-    let external = vendor.dialed(&id).await;
-    (vendor, id, external)
-}
 
 fn skipped() -> bool {
     let skip = std::env::var_os("SKIP_GENERATED_CLIENTS").is_some_and(|v| v == "1");

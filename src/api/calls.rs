@@ -24,7 +24,7 @@ use super::{
     },
     requests::{
         page_and_limit, pagination, parse_batch, parse_request, parse_timing,
-        plus_decoded_as_space, reachable,
+        plus_decoded_as_space, together,
     },
 };
 use crate::{
@@ -341,19 +341,8 @@ impl CallsApi {
                     pick(&body.not_after, current.timing.not_after),
                     timezone.as_deref(),
                     matches!(body.not_after, MaybeUndefined::Value(_)),
-                )
-                .and_then(|timing| match &payload {
-                    Ok(payload) => reachable(&timing, payload, &state.rules).map(|()| timing),
-                    Err(_) => Ok(timing),
-                });
-                match (payload, timing) {
-                    (Ok(payload), Ok(timing)) => Ok((payload, timing)),
-                    (payload, timing) => Err([payload.err(), timing.err()]
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .collect::<Vec<_>>()),
-                }
+                );
+                together(payload, timing, &state.rules)
             },
         )
         .await

@@ -100,13 +100,23 @@ pub(super) fn parse_request(
         req.not_after,
         req.timezone.as_ref().map(|t| t.0.as_str()),
         true,
-    )
-    .and_then(|timing| match &payload {
-        Ok(payload) => reachable(&timing, payload, rules).map(|()| timing),
-        Err(_) => Ok(timing),
-    });
+    );
+    let (payload, timing) = together(payload, timing, rules)?;
+    Ok(NewCall::scheduled(payload, timing, rules))
+}
+
+/// A payload and a schedule, each checked on its own, then together (`reachable`): every
+/// problem of both, or the two.
+pub(super) fn together(
+    payload: Result<CallPayload, Vec<FieldError>>,
+    timing: Result<CallTiming, Vec<FieldError>>,
+    rules: &Rules,
+) -> Result<(CallPayload, CallTiming), Vec<FieldError>> {
     match (payload, timing) {
-        (Ok(payload), Ok(timing)) => Ok(NewCall::scheduled(payload, timing, rules)),
+        (Ok(payload), Ok(timing)) => {
+            reachable(&timing, &payload, rules)?;
+            Ok((payload, timing))
+        }
         (payload, timing) => Err([payload.err(), timing.err()]
             .into_iter()
             .flatten()
@@ -118,7 +128,7 @@ pub(super) fn parse_request(
 /// A call whose callee's time zones share no hour of the calling window (a `+1` number with no
 /// known area code spans Guam to Newfoundland) would wait for ever: refused, asking for its
 /// `timezone`.
-pub(super) fn reachable(
+fn reachable(
     timing: &CallTiming,
     payload: &CallPayload,
     rules: &Rules,

@@ -61,12 +61,7 @@ impl From<CallRow> for Call {
             updated_at: row.updated_at,
             started_at: row.started_at,
             completed_at: row.completed_at,
-            timing: CallTiming {
-                not_before: row.not_before,
-                not_after: row.not_after,
-                // Only names the time zone database knows are stored.
-                timezone: row.timezone.and_then(|tz| tz.parse().ok()),
-            },
+            timing: CallTiming::stored(row.not_before, row.not_after, row.timezone.as_deref()),
         }
     }
 }
@@ -376,17 +371,15 @@ where
         Ok(changed) => changed,
         Err(err) => return Ok(Err(err)),
     };
-    if payload.to != current.payload.to {
-        let suppressed: Option<String> = sqlx::query_scalar(
-            "SELECT number FROM suppressions
-             WHERE number = $1 AND (expires_at IS NULL OR expires_at > now())",
-        )
-        .bind(payload.to.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(number) = suppressed {
-            return Err(DbError::Suppressed(vec![Suppressed { index: 0, number }]));
-        }
+    if payload.to != current.payload.to
+        && !super::suppressed_among(&mut *tx, &[payload.to.as_str()])
+            .await?
+            .is_empty()
+    {
+        return Err(DbError::Suppressed(vec![Suppressed {
+            index: 0,
+            number: payload.to.as_str().to_owned(),
+        }]));
     }
     // A change of the number or of the schedule schedules the call afresh: from when it fell
     // due (so a call keeps its place in the queue where its new window allows), or from

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{DbError, calls::CallRow};
 use crate::domain::{
-    Call, PhoneNumber,
-    schedule::{Candidate, Rules, Timing, Verdict},
+    Call, CallTiming, PhoneNumber,
+    schedule::{Candidate, Rules, Verdict},
 };
 
 /// Key of the transaction-scoped advisory lock that serialises claims across replicas.
@@ -92,13 +92,9 @@ fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
     let mut numbers = std::collections::HashSet::new();
     for row in candidates {
         let number = PhoneNumber::from_trusted(row.to_number.clone());
+        let timing = CallTiming::stored(row.not_before, row.not_after, row.timezone.as_deref());
         let candidate = Candidate {
-            timing: Timing {
-                number: &number,
-                timezone: row.timezone.as_deref().and_then(|tz| tz.parse().ok()),
-                not_before: row.not_before,
-                not_after: row.not_after,
-            },
+            timing: timing.of(&number),
             suppressed: row.suppressed.as_deref(),
             recent_dials: &row.recent_dials,
         };

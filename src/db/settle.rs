@@ -57,11 +57,7 @@ pub(crate) async fn lock(
         return Ok(None);
     };
     let number = PhoneNumber::from_trusted(number);
-    let timing = CallTiming {
-        not_before,
-        not_after,
-        timezone: timezone.and_then(|tz| tz.parse().ok()),
-    };
+    let timing = CallTiming::stored(not_before, not_after, timezone.as_deref());
     let row: Option<(i64, AttemptStatus, Option<String>, bool, i32)> = match which {
         Which::Number(attempt) => {
             sqlx::query_as(include_str!("../../sql/queries/lock_attempt.sql"))

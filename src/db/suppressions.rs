@@ -105,14 +105,20 @@ pub async fn list_suppressions(
     Ok((rows, total))
 }
 
-/// Which of `numbers` are suppressed now.
-pub async fn suppressed_among(pool: &PgPool, numbers: &[&str]) -> Result<HashSet<String>, DbError> {
+/// Which of `numbers` are suppressed now (on a pool, or inside a transaction).
+pub async fn suppressed_among<'e, E>(
+    executor: E,
+    numbers: &[&str],
+) -> Result<HashSet<String>, DbError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
     let found: Vec<String> = sqlx::query_scalar(
         "SELECT number FROM suppressions
          WHERE number = ANY ($1) AND (expires_at IS NULL OR expires_at > now())",
     )
     .bind(numbers)
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     Ok(found.into_iter().collect())
 }

@@ -102,6 +102,19 @@ pub struct CallTiming {
 }
 
 impl CallTiming {
+    /// As the database stores it: only names the time zone database knows are stored.
+    pub fn stored(
+        not_before: Option<DateTime<Utc>>,
+        not_after: Option<DateTime<Utc>>,
+        timezone: Option<&str>,
+    ) -> Self {
+        Self {
+            not_before,
+            not_after,
+            timezone: timezone.and_then(|tz| tz.parse().ok()),
+        }
+    }
+
     /// What the schedule's rules read of a call to `number`.
     pub fn of<'a>(&self, number: &'a super::PhoneNumber) -> super::schedule::Timing<'a> {
         super::schedule::Timing {

@@ -37,6 +37,26 @@ pub fn secret_of(dialect: Dialect) -> Option<&'static str> {
     matches!(dialect, Dialect::Vapi | Dialect::Bland).then_some(SECRET)
 }
 
+/// The service speaking `dialect` to its simulator, one call dialed and held open (it never
+/// ends on its own: the test's webhook ends it): the service and simulator, the call's id,
+/// the vendor's id for it.
+pub async fn one_call(dialect: Dialect) -> (Vendor, String, String) {
+    let vendor = start(
+        dialect,
+        |s| {
+            s.progress_webhooks = false;
+            s.drop_webhook_rate = 1.0;
+            s.min_duration = Duration::from_secs(600);
+            s.max_duration = Duration::from_secs(600);
+        },
+        |_| {},
+    )
+    .await;
+    let id = vendor.create("+14155550100", json!({})).await;
+    let external = vendor.dialed(&id).await;
+    (vendor, id, external)
+}
+
 pub async fn start(
     dialect: Dialect,
     sim: impl FnOnce(&mut SimConfig),

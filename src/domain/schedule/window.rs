@@ -56,15 +56,6 @@ impl Days {
         Ok(Days(bits))
     }
 
-    /// From names like `["mon", "tue"]`.
-    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
-        let mut days = Days(0);
-        for name in names {
-            days.0 |= Self::parse(name)?.0;
-        }
-        Ok(days)
-    }
-
     /// Whether the day `days_from_monday` (0 to 6) is one of them.
     pub fn has(self, days_from_monday: u32) -> bool {
         self.0 & (1 << (days_from_monday % 7)) != 0
@@ -112,10 +103,6 @@ impl Hours {
             parse_time(start.trim(), false)?,
             parse_time(end.trim(), true)?,
         )
-    }
-
-    pub fn from_times(start: &str, end: &str) -> Result<Self, String> {
-        Self::new(parse_time(start, false)?, parse_time(end, true)?)
     }
 
     fn new(start: u16, end: u16) -> Result<Self, String> {
