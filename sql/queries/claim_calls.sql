@@ -1,49 +1,94 @@
--- The first half of a claim: picks and locks the due PENDING calls the claim may take,
--- in the order they fell due and then oldest first, at most one per number in progress,
--- with what the schedule's rules need to know about each (domain::schedule::Rules::admit):
--- its own timing, the suppression in force for its number, and its number's attempts of
--- the last 24 hours. `free` is how many slots the cap leaves. The second half,
--- claim_apply.sql, claims the calls admitted and moves the others on.
+-- The first half of a claim: picks and locks the due PENDING calls the claim may take, lane
+-- by lane, with what the schedule's rules need to know about each (domain::schedule::Rules::
+-- admit): its own timing, its campaign's, the suppression in force for its number, and its
+-- number's attempts of the last 24 hours. db::claim then admits them in turn (priority, then
+-- round-robin between the lanes of one priority) and claim_apply.sql claims those admitted.
 --   $1 MAX_CONCURRENT_CALLS   $2 most calls to claim
 --   $3 whether MAX_ATTEMPTS_PER_NUMBER_PER_DAY is set (the numbers' attempts are read then)
+--   $4 lanes this claim passes over (their calls were all held back in an earlier round)
+--
+-- Lanes: each ACTIVE campaign that has started is one, and the calls of no campaign are one
+-- (the nil UUID, priority 5). A paused or cancelled campaign's lane is not read at all.
 --
 -- Run only inside a transaction that holds the claim lock (pg_advisory_xact_lock), which
--- makes the count exact: claims are the only way into IN_PROGRESS, so while one claimer
+-- makes the counts exact: claims are the only way into IN_PROGRESS, so while one claimer
 -- holds the lock nobody else can add to the count; the lock is released only after the
 -- previous holder's commit is visible, and this statement's snapshot is taken after the
 -- lock was granted, so it sees every earlier claim (and this transaction's own). Concurrent
--- releases (webhooks, expiry) can only lower the count, which makes the check err towards
--- admitting fewer, never more. The count is taken from call_queue, which the triggers on
--- `calls` keep in step within the same transactions, so it is the count of calls
--- IN_PROGRESS. The same lock makes the daily count per number exact: only claims add
--- attempts. Time is `statement_timestamp()`, taken after the lock was granted: `now()` is
--- the transaction's start, before the wait for the lock, and a call judged by it could be
--- dialed after its window closed or its deadline passed by as long as that wait.
-WITH capacity AS (
-    SELECT greatest($1 - count(*), 0) AS free
-    FROM call_queue
-    WHERE status = 'IN_PROGRESS'
+-- releases (webhooks, expiry) can only lower the counts, which makes the checks err towards
+-- admitting fewer, never more. The counts are taken from call_queue, which the triggers on
+-- `calls` keep in step within the same transactions, so they are the counts of calls
+-- IN_PROGRESS, in all and per campaign (its lane). A pause or cancel takes the claim lock
+-- too, so no claim that began before it commits after it. The same lock makes the daily
+-- count per number exact: only claims add attempts. Time is `statement_timestamp()`, taken
+-- after the lock was granted: `now()` is the transaction's start, before the wait for the
+-- lock, and a call judged by it could be dialed after its window closed or its deadline
+-- passed by as long as that wait.
+WITH busy AS MATERIALIZED (
+    SELECT lane FROM call_queue WHERE status = 'IN_PROGRESS'
 ),
 wanted AS (
-    SELECT least($2, free) AS n FROM capacity
+    SELECT least($2, greatest($1 - count(*), 0)) AS n FROM busy
 ),
--- Walks the small queue table (see the migration that made it) in due order, skipping
--- numbers already in progress, so a busy number never stalls the calls queued behind it,
--- and the calls waiting for later (their window, their backoff) are never read at all.
--- One table and no join, so no misjudged row count (a table not yet analyzed) can turn it
--- into a scan of one table per row of the other. It takes more than it needs: some of these
--- calls may be locked (a PATCH, a cancel) and are passed over below.
-queued AS MATERIALIZED (
-    SELECT q.call_id
-    FROM call_queue q
-    WHERE q.status = 'PENDING'
-      AND q.due_at <= statement_timestamp()
-      AND NOT EXISTS (
-          SELECT 1 FROM call_queue busy
-          WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
+lanes AS (
+    SELECT '00000000-0000-0000-0000-000000000000'::uuid AS lane, 5::smallint AS priority,
+           (SELECT n FROM wanted) AS lane_free,
+           NULL::text AS window_hours, NULL::text AS window_days,
+           NULL::timestamptz AS start_at, NULL::timestamptz AS end_at
+    UNION ALL
+    SELECT k.id, k.priority,
+           least((SELECT n FROM wanted),
+                 coalesce(k.max_concurrent_calls - (SELECT count(*) FROM busy b WHERE b.lane = k.id),
+                          (SELECT n FROM wanted))),
+           k.window_hours, k.window_days, k.start_at, k.end_at
+    FROM campaigns k
+    WHERE k.status = 'ACTIVE'
+      AND (k.start_at IS NULL OR k.start_at <= statement_timestamp())
+),
+-- The lanes with room and a call due, and when each was last served.
+ready AS MATERIALIZED (
+    SELECT l.*, coalesce(t.turn, 0) AS turn
+    FROM lanes l
+    LEFT JOIN dispatch_turns t ON t.lane = l.lane
+    WHERE l.lane_free > 0
+      AND l.lane <> ALL ($4::uuid[])
+      AND EXISTS (
+          SELECT 1 FROM call_queue q
+          WHERE q.lane = l.lane AND q.status = 'PENDING' AND q.due_at <= statement_timestamp()
       )
-    ORDER BY q.due_at, q.seq
-    LIMIT (SELECT n * 2 + 4 FROM wanted)
+),
+-- How many calls to read of each lane: the free slots dealt out one per lane in turn, the
+-- highest priority first, then the lane served longest ago.
+quota AS (
+    SELECT lane, count(*) AS n
+    FROM (
+        SELECT r.lane
+        FROM ready r CROSS JOIN LATERAL generate_series(1, r.lane_free) AS k
+        ORDER BY r.priority DESC, k, r.turn, r.lane
+        LIMIT (SELECT n FROM wanted)
+    ) slots
+    GROUP BY lane
+),
+-- Walks each lane of the small queue table (see the migration that made it) in due order,
+-- then oldest first, skipping numbers already in progress, so a busy number never stalls
+-- the calls queued behind it, and the calls waiting for later (their window, their backoff)
+-- are never read at all. It takes more than it needs: some of these calls may be locked (a
+-- PATCH, a cancel) and are passed over below, some may be held back by the schedule.
+queued AS MATERIALIZED (
+    SELECT x.call_id, quota.lane
+    FROM quota CROSS JOIN LATERAL (
+        SELECT q.call_id
+        FROM call_queue q
+        WHERE q.lane = quota.lane
+          AND q.status = 'PENDING'
+          AND q.due_at <= statement_timestamp()
+          AND NOT EXISTS (
+              SELECT 1 FROM call_queue busy
+              WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
+          )
+        ORDER BY q.due_at, q.seq
+        LIMIT quota.n * 2 + 4
+    ) x
 ),
 -- Then locks the call rows themselves, by key, and re-checks them as they are once locked
 -- (`calls` is the truth): still PENDING and due, its number not in progress. SKIP LOCKED
@@ -68,7 +113,16 @@ SELECT cand.id,
        cand.timezone,
        cand.not_before,
        cand.not_after,
+       r.lane,
+       r.priority,
+       r.turn,
+       r.lane_free,
+       r.window_hours,
+       r.window_days,
+       r.start_at,
+       r.end_at,
        (SELECT n FROM wanted) AS free,
+       (SELECT count(*) FROM ready) AS ready_lanes,
        statement_timestamp() AS now,
        s.reason AS suppressed,
        CASE WHEN $3 THEN ARRAY(
@@ -80,6 +134,8 @@ SELECT cand.id,
            ORDER BY a.claimed_at
        ) ELSE '{}' END AS recent_dials
 FROM candidates cand
+JOIN queued q ON q.call_id = cand.id
+JOIN ready r ON r.lane = q.lane
 LEFT JOIN suppressions s
        ON s.number = cand.to_number AND (s.expires_at IS NULL OR s.expires_at > statement_timestamp())
-ORDER BY cand.next_attempt_at, cand.seq
+ORDER BY r.priority DESC, r.turn, r.lane, cand.next_attempt_at, cand.seq

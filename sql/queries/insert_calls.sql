@@ -6,18 +6,19 @@
 -- (its window, its notBefore) gets a WAITING entry saying why and until when.
 --   $1 ids   $2 numbers   $3 scripts   $4 metadata   $5 notBefore   $6 notAfter
 --   $7 time zones   $8 when due, if later than now   $9 why (calls.waiting_for)
+--   $10 campaigns (checked open by the caller, in the same transaction: db::campaigns::hold_open)
 WITH input AS (
     SELECT *
     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[],
-                $6::timestamptz[], $7::text[], $8::timestamptz[], $9::text[])
+                $6::timestamptz[], $7::text[], $8::timestamptz[], $9::text[], $10::uuid[])
         WITH ORDINALITY AS t (id, to_number, script_id, metadata, not_before, not_after,
-                              timezone, due_at, waiting_for, ord)
+                              timezone, due_at, waiting_for, campaign_id, ord)
 ),
 inserted AS (
     INSERT INTO calls (id, to_number, script_id, metadata, not_before, not_after, timezone,
-                       next_attempt_at, waiting_for)
+                       next_attempt_at, waiting_for, campaign_id)
     SELECT id, to_number, script_id, metadata, not_before, not_after, timezone,
-           COALESCE(due_at, now()), waiting_for
+           COALESCE(due_at, now()), waiting_for, campaign_id
     FROM input
     WHERE NOT EXISTS (
         SELECT 1 FROM suppressions s

@@ -1,5 +1,11 @@
 -- Locks a call for a change to one of its attempts; its status and current attempt number,
--- and its number and schedule (where a retry must land).
+-- its number and schedule (where a retry must land), and its campaign's window, start, end
+-- and retry policy, which narrow the global ones.
 -- Every writer locks the call first and the attempt second, so none deadlocks another.
 --   $1 call id
-SELECT status, attempts, to_number, timezone, not_before, not_after FROM calls WHERE id = $1 FOR UPDATE
+SELECT c.status, c.attempts, c.to_number, c.timezone, c.not_before, c.not_after,
+       c.campaign_id, k.window_hours, k.window_days, k.start_at, k.end_at, k.retry
+FROM calls c
+LEFT JOIN campaigns k ON k.id = c.campaign_id
+WHERE c.id = $1
+FOR UPDATE OF c

@@ -23,7 +23,7 @@ use super::{
         SkippedCall, Status, StatusCounts,
     },
     requests::{
-        page_and_limit, pagination, parse_batch, parse_request, parse_timing,
+        open_campaign, page_and_limit, pagination, parse_batch, parse_request, parse_timing,
         plus_decoded_as_space, together,
     },
 };
@@ -94,7 +94,16 @@ impl CallsApi {
         request: &poem::Request,
     ) -> Result<CreatedCall, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
-        let call = parse_request(body.0, &state.rules).map_err(ApiError::validation)?;
+        let campaign = match body.0.campaign_id {
+            Some(id) => Some((id, open_campaign(&state.pool, id).await?)),
+            None => None,
+        };
+        let call = parse_request(
+            body.0,
+            &state.rules,
+            campaign.as_ref().map(|(id, c)| (*id, c)),
+        )
+        .map_err(ApiError::validation)?;
         let id = call.id;
         let outcome = match key {
             Some(key) => {
@@ -106,13 +115,20 @@ impl CallsApi {
                 };
                 create_under_key(state.0, request, sent, calls, key).await
             }
+            // A campaign's call is stored holding its campaign against a cancel.
+            None if call.campaign_id.is_some() => db::create_calls(&state.pool, &[call])
+                .await
+                .map(CreateOutcome::Created),
             // Creates that arrive together are stored together (group commit).
             None => match state.writers.creates.submit(fastrand::u64(..), call).await {
                 Ok(created) => created.map(|call| CreateOutcome::Created(vec![call])),
                 Err(lost) => return Err(ApiError::internal(&lost)),
             },
         }
-        .map_err(|err| ApiError::from_db(err, id))?;
+        .map_err(|err| match err {
+            db::DbError::Campaign(refusal) => ApiError::campaign(refusal, "take calls"),
+            err => ApiError::from_db(err, id),
+        })?;
         let (mut calls, replayed) = match outcome {
             CreateOutcome::Created(calls) => {
                 state.writers.wakeup.wake();
@@ -154,91 +170,16 @@ impl CallsApi {
         request: &poem::Request,
     ) -> Result<CreatedCalls, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
-        let skip_suppressed = body.0.skip_suppressed;
-        let as_sent = parse_batch(body.0.calls, &state.rules)?;
-        // With skipSuppressed, the calls to suppressed numbers are left out first, so that the
-        // rest go through the same paths (Idempotency-Key included) as any batch; one whose
-        // suppression lands meanwhile is left out by the insert itself.
-        let mut skipped = Vec::new();
-        let mut indexes: Vec<usize> = (0..as_sent.len()).collect();
-        let mut calls = as_sent.clone();
-        if skip_suppressed {
-            let numbers: Vec<&str> = as_sent.iter().map(|c| c.payload.to.as_str()).collect();
-            let suppressed = db::suppressed_among(&state.pool, &numbers).await?;
-            if !suppressed.is_empty() {
-                (calls, indexes) = (Vec::with_capacity(as_sent.len()), Vec::new());
-                for (index, call) in as_sent.iter().enumerate() {
-                    if suppressed.contains(call.payload.to.as_str()) {
-                        skipped.push(skipped_call(index, call));
-                    } else {
-                        calls.push(call.clone());
-                        indexes.push(index);
-                    }
-                }
-            }
-        }
-        let in_request = |index: usize| indexes.get(index).copied().unwrap_or(index);
-        let refused = |mut err: db::DbError| {
-            if let db::DbError::Suppressed(list) = &mut err {
-                for item in list.iter_mut() {
-                    item.index = in_request(item.index);
-                }
-                return ApiError::suppressed(list, true);
-            }
-            err.into()
-        };
-        let (created, replayed) = match key {
-            Some(key) => {
-                let sent = AsSent {
-                    route: "batch",
-                    calls: &as_sent,
-                    skip_suppressed,
-                };
-                match create_under_key(state.0, request, sent, &calls, key).await {
-                    Ok(CreateOutcome::Created(created)) => (created, None),
-                    Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
-                    Err(db::DbError::IdempotencyConflict) => {
-                        return Err(ApiError::from_db(
-                            db::DbError::IdempotencyConflict,
-                            Uuid::nil(),
-                        ));
-                    }
-                    Err(err) => return Err(refused(err)),
-                }
-            }
-            None if calls.is_empty() => (Vec::new(), None),
-            None => {
-                let (created, left_out) =
-                    db::create_calls_skipping(&state.pool, &calls, skip_suppressed)
-                        .await
-                        .map_err(refused)?;
-                for late in left_out {
-                    let index = in_request(late.index);
-                    skipped.push(skipped_call(index, &as_sent[index]));
-                }
-                skipped.sort_by_key(|s| s.index);
-                (created, None)
-            }
-        };
-        if replayed.is_none() && !created.is_empty() {
-            state.writers.wakeup.wake();
-            tracing::info!(
-                count = created.len(),
-                skipped = skipped.len(),
-                "batch created"
-            );
-        }
-        Ok(CreatedCalls::Created(
-            Json(CallsEnvelope {
-                success: true,
-                data: created
-                    .into_iter()
-                    .map(|call| Call::of(call, &state.rules))
-                    .collect(),
-                skipped,
-            }),
-            replayed,
-        ))
+        let as_sent = parse_batch(&state.pool, body.0.calls, &state.rules, None).await?;
+        create_batch(
+            state.0,
+            request,
+            key,
+            as_sent,
+            body.0.skip_suppressed,
+            "batch",
+        )
+        .await
     }
 
     /// Get a call
@@ -315,7 +256,7 @@ impl CallsApi {
             id.0,
             (&patch, &record),
             &state.rules,
-            |current| {
+            |current, campaign| {
                 let payload = match &body.payload {
                     Some(patch) => {
                         let mut merged = current.payload.to_json();
@@ -342,7 +283,7 @@ impl CallsApi {
                     timezone.as_deref(),
                     matches!(body.not_after, MaybeUndefined::Value(_)),
                 );
-                together(payload, timing, &state.rules)
+                together(payload, timing, &state.rules, campaign)
             },
         )
         .await
@@ -384,6 +325,9 @@ impl CallsApi {
         status: Query<Option<Status>>,
         /// Only calls to this number (normalised like `to` on create).
         to: Query<Option<String>>,
+        /// Only the calls of this campaign.
+        #[oai(name = "campaignId")]
+        campaign_id: Query<Option<Uuid>>,
         /// Page number, from 1 (default 1).
         page: Query<Option<i64>>,
         /// Calls per page, 1 to 100 (default 10).
@@ -399,6 +343,7 @@ impl CallsApi {
         let filter = CallFilter {
             status: status.0.map(CallStatus::from),
             to,
+            campaign_id: campaign_id.0,
             page,
             limit,
         };
@@ -480,19 +425,7 @@ impl CallsApi {
         state: Data<&Arc<ApiState>>,
     ) -> Result<Json<MetricsEnvelope>, ApiError> {
         let counts = db::count_by_status(&state.pool).await?;
-        let mut data = StatusCounts::default();
-        for (status, n) in counts {
-            let slot = match status {
-                CallStatus::Pending => &mut data.pending,
-                CallStatus::InProgress => &mut data.in_progress,
-                CallStatus::Completed => &mut data.completed,
-                CallStatus::Failed => &mut data.failed,
-                CallStatus::Expired => &mut data.expired,
-                CallStatus::Cancelled => &mut data.cancelled,
-            };
-            *slot = n;
-            data.total += n;
-        }
+        let data = StatusCounts::of(&counts);
         let in_progress = data.in_progress;
         Ok(Json(MetricsEnvelope {
             success: true,
@@ -504,4 +437,103 @@ impl CallsApi {
             },
         }))
     }
+}
+
+/// Stores the calls of a batch (`POST /api/v1/calls/batch`, or a campaign's calls): all or
+/// nothing, or without the suppressed ones with `skip_suppressed`; under an
+/// `Idempotency-Key` when one came.
+pub(super) async fn create_batch(
+    state: &Arc<ApiState>,
+    request: &poem::Request,
+    key: Option<&str>,
+    as_sent: Vec<db::NewCall>,
+    skip_suppressed: bool,
+    route: &'static str,
+) -> Result<CreatedCalls, ApiError> {
+    // With skipSuppressed, the calls to suppressed numbers are left out first, so that the
+    // rest go through the same paths (Idempotency-Key included) as any batch; one whose
+    // suppression lands meanwhile is left out by the insert itself.
+    let mut skipped = Vec::new();
+    let mut indexes: Vec<usize> = (0..as_sent.len()).collect();
+    let mut calls = as_sent.clone();
+    if skip_suppressed {
+        let numbers: Vec<&str> = as_sent.iter().map(|c| c.payload.to.as_str()).collect();
+        let suppressed = db::suppressed_among(&state.pool, &numbers).await?;
+        if !suppressed.is_empty() {
+            (calls, indexes) = (Vec::with_capacity(as_sent.len()), Vec::new());
+            for (index, call) in as_sent.iter().enumerate() {
+                if suppressed.contains(call.payload.to.as_str()) {
+                    skipped.push(skipped_call(index, call));
+                } else {
+                    calls.push(call.clone());
+                    indexes.push(index);
+                }
+            }
+        }
+    }
+    let in_request = |index: usize| indexes.get(index).copied().unwrap_or(index);
+    let refused = |mut err: db::DbError| {
+        if let db::DbError::Suppressed(list) = &mut err {
+            for item in list.iter_mut() {
+                item.index = in_request(item.index);
+            }
+            return ApiError::suppressed(list, true);
+        }
+        if let db::DbError::Campaign(refusal) = err {
+            return ApiError::campaign(refusal, "take calls");
+        }
+        err.into()
+    };
+    let (created, replayed) = match key {
+        Some(key) => {
+            let sent = AsSent {
+                route,
+                calls: &as_sent,
+                skip_suppressed,
+            };
+            match create_under_key(state, request, sent, &calls, key).await {
+                Ok(CreateOutcome::Created(created)) => (created, None),
+                Ok(CreateOutcome::Replayed(created)) => (created, Some("true".to_owned())),
+                Err(db::DbError::IdempotencyConflict) => {
+                    return Err(ApiError::from_db(
+                        db::DbError::IdempotencyConflict,
+                        Uuid::nil(),
+                    ));
+                }
+                Err(err) => return Err(refused(err)),
+            }
+        }
+        None if calls.is_empty() => (Vec::new(), None),
+        None => {
+            let (created, left_out) =
+                db::create_calls_skipping(&state.pool, &calls, skip_suppressed)
+                    .await
+                    .map_err(refused)?;
+            for late in left_out {
+                let index = in_request(late.index);
+                skipped.push(skipped_call(index, &as_sent[index]));
+            }
+            skipped.sort_by_key(|s| s.index);
+            (created, None)
+        }
+    };
+    if replayed.is_none() && !created.is_empty() {
+        state.writers.wakeup.wake();
+        tracing::info!(
+            count = created.len(),
+            skipped = skipped.len(),
+            "batch created"
+        );
+    }
+    Ok(CreatedCalls::Created(
+        Json(CallsEnvelope {
+            success: true,
+            data: created
+                .into_iter()
+                .map(|call| Call::of(call, &state.rules))
+                .collect(),
+            skipped,
+        }),
+        replayed,
+    ))
 }

@@ -124,7 +124,34 @@ impl ApiError {
                 "this Idempotency-Key was used within 24 hours with a different request body",
             ),
             DbError::Suppressed(calls) => Self::suppressed(&calls, false),
+            DbError::Campaign(refusal) => Self::campaign(refusal, "take this change"),
             DbError::Other(err) => Self::from_sqlx(err),
+        }
+    }
+
+    /// A campaign that is unknown (404 `CAMPAIGN_NOT_FOUND`) or cannot `what` from its status
+    /// (409: `CAMPAIGN_CANCELLED`, `CAMPAIGN_COMPLETED`, or `CAMPAIGN_NOT_ACTIVE` /
+    /// `CAMPAIGN_NOT_PAUSED`).
+    pub fn campaign(refusal: crate::db::CampaignRefusal, what: &str) -> Self {
+        use crate::{db::CampaignRefusal, domain::CampaignStatus};
+        match refusal {
+            CampaignRefusal::NotFound(id) => Self::NotFound(envelope(
+                "CAMPAIGN_NOT_FOUND",
+                format!("no campaign has the id {id}"),
+                Vec::new(),
+            )),
+            CampaignRefusal::Status(id, status) => Self::conflict(
+                match status {
+                    CampaignStatus::Cancelled => "CAMPAIGN_CANCELLED",
+                    CampaignStatus::Completed => "CAMPAIGN_COMPLETED",
+                    CampaignStatus::Active => "CAMPAIGN_NOT_PAUSED",
+                    CampaignStatus::Paused => "CAMPAIGN_NOT_ACTIVE",
+                },
+                format!(
+                    "campaign {id} is {}: it cannot {what} from there",
+                    status.as_str()
+                ),
+            ),
         }
     }
 

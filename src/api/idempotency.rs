@@ -33,7 +33,7 @@ fn request_hash(route: &str, calls: &[NewCall]) -> Vec<u8> {
     let payloads: Vec<serde_json::Value> = calls
         .iter()
         .map(|c| {
-            if c.timing == Default::default() {
+            if c.timing == Default::default() && c.campaign_id.is_none() {
                 c.payload.to_json()
             } else {
                 serde_json::json!({
@@ -41,6 +41,7 @@ fn request_hash(route: &str, calls: &[NewCall]) -> Vec<u8> {
                     "notBefore": c.timing.not_before,
                     "notAfter": c.timing.not_after,
                     "timezone": c.timing.timezone.map(|tz| tz.name()),
+                    "campaignId": c.campaign_id,
                 })
             }
         })

@@ -2,6 +2,7 @@
 
 mod access_log;
 mod calls;
+mod campaigns;
 mod error;
 mod health;
 mod idempotency;
@@ -132,6 +133,9 @@ pub enum ApiTags {
     Webhooks,
     /// The do-not-call list: numbers that are never dialed.
     Suppressions,
+    /// Campaigns: calls grouped under one cap, priority, calling window and retry policy,
+    /// paused, resumed and cancelled as one.
+    Campaigns,
 }
 
 /// The OpenAPI service: the routes and their document. The handlers find the state as
@@ -139,6 +143,7 @@ pub enum ApiTags {
 pub fn service() -> OpenApiService<
     (
         calls::CallsApi,
+        campaigns::CampaignsApi,
         suppressions::SuppressionsApi,
         webhooks::WebhooksApi,
         health::HealthApi,
@@ -148,6 +153,7 @@ pub fn service() -> OpenApiService<
     OpenApiService::new(
         (
             calls::CallsApi,
+            campaigns::CampaignsApi,
             suppressions::SuppressionsApi,
             webhooks::WebhooksApi,
             health::HealthApi,
@@ -249,7 +255,10 @@ async fn guard<E: Endpoint>(
         };
         req.extensions_mut().insert(ClientScope(key.to_vec()));
     }
-    let limit = if path == "/api/v1/calls/batch" || path == "/api/v1/suppressions/batch" {
+    let limit = if path == "/api/v1/calls/batch"
+        || path == "/api/v1/suppressions/batch"
+        || (path.starts_with("/api/v1/campaigns/") && path.ends_with("/calls"))
+    {
         MAX_BATCH_BODY
     } else {
         MAX_BODY

@@ -9,9 +9,14 @@ use super::{
 };
 use chrono::{DateTime, Utc};
 
+use uuid::Uuid;
+
 use crate::{
-    db::NewCall,
-    domain::{CallPayload, CallTiming, FieldError, schedule::Rules},
+    db::{CampaignForCalls, NewCall},
+    domain::{
+        CallPayload, CallTiming, CampaignRules, FieldError,
+        schedule::{CallingWindow, Rules, next_common_opening},
+    },
 };
 
 /// A query string decodes `+` as a space, so `?to=+14155550100` arrives as
@@ -86,23 +91,36 @@ pub(super) fn invalid_items(
     ))
 }
 
-/// A create body as a call to store, due when `rules` say.
+/// A create body as a call to store (of `campaign`, when it names one), due when `rules`
+/// (narrowed by the campaign's) say.
 pub(super) fn parse_request(
     req: CreateCallRequest,
     rules: &Rules,
+    campaign: Option<(Uuid, &CampaignForCalls)>,
 ) -> Result<NewCall, Vec<FieldError>> {
     let metadata = req
         .metadata
         .map(|m| serde_json::Value::Object(m.into_iter().collect()));
-    let payload = CallPayload::parse(Some(&req.to.0), Some(&req.script_id.0), metadata.as_ref());
+    let script_id = req
+        .script_id
+        .as_ref()
+        .map(|t| t.0.as_str())
+        .or_else(|| campaign.and_then(|(_, c)| c.script_id.as_ref().map(|id| id.as_str())));
+    let payload = CallPayload::parse(Some(&req.to.0), script_id, metadata.as_ref());
     let timing = parse_timing(
         req.not_before,
         req.not_after,
         req.timezone.as_ref().map(|t| t.0.as_str()),
         true,
     );
-    let (payload, timing) = together(payload, timing, rules)?;
-    Ok(NewCall::scheduled(payload, timing, rules))
+    let narrowing = campaign.map(|(_, c)| &c.rules);
+    let (payload, timing) = together(payload, timing, rules, narrowing)?;
+    Ok(NewCall::scheduled_in(
+        payload,
+        timing,
+        rules,
+        campaign.map(|(id, c)| (id, &c.rules)),
+    ))
 }
 
 /// A payload and a schedule, each checked on its own, then together (`reachable`): every
@@ -111,10 +129,11 @@ pub(super) fn together(
     payload: Result<CallPayload, Vec<FieldError>>,
     timing: Result<CallTiming, Vec<FieldError>>,
     rules: &Rules,
+    campaign: Option<&CampaignRules>,
 ) -> Result<(CallPayload, CallTiming), Vec<FieldError>> {
     match (payload, timing) {
         (Ok(payload), Ok(timing)) => {
-            reachable(&timing, &payload, rules)?;
+            reachable(&timing, &payload, rules, campaign)?;
             Ok((payload, timing))
         }
         (payload, timing) => Err([payload.err(), timing.err()]
@@ -132,18 +151,26 @@ fn reachable(
     timing: &CallTiming,
     payload: &CallPayload,
     rules: &Rules,
+    campaign: Option<&CampaignRules>,
 ) -> Result<(), Vec<FieldError>> {
     let zones = rules.zones(&payload.to, timing.timezone);
-    if rules.window.next_opening(&zones, Utc::now()).is_some() {
+    let windows: Vec<CallingWindow> = std::iter::once(rules.window)
+        .chain(campaign.and_then(|c| c.window))
+        .collect();
+    if next_common_opening(&windows, &zones, Utc::now()).is_some() {
         return Ok(());
     }
     Err(vec![FieldError::new(
         "timezone",
         format!(
             "the time zones of `to` ({} of them, from its prefix) share no hour of the calling \
-             window {}: give the call its callee's `timezone`",
+             window {}{}: give the call its callee's `timezone`",
             zones.len(),
-            rules.window
+            rules.window,
+            match campaign.and_then(|c| c.window) {
+                Some(w) => format!(" and its campaign's {w}"),
+                None => String::new(),
+            }
         ),
     )])
 }
@@ -238,7 +265,15 @@ fn parse_zone(name: &str) -> Result<chrono_tz::Tz, FieldError> {
 }
 
 /// The calls of a batch, all valid, in order; else a 400 naming each bad item by its index.
-pub(super) fn parse_batch(items: Vec<BatchItem>, rules: &Rules) -> Result<Vec<NewCall>, ApiError> {
+/// Items may name their campaign (`campaignId`), or `route_campaign` is every item's (the
+/// route of a campaign's calls, whose items name none); an unknown campaign is 404, a
+/// cancelled one 409, for the whole batch.
+pub(super) async fn parse_batch(
+    pool: &sqlx::PgPool,
+    items: Vec<BatchItem>,
+    rules: &Rules,
+    route_campaign: Option<Uuid>,
+) -> Result<Vec<NewCall>, ApiError> {
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
             "INVALID_BATCH_SIZE",
@@ -249,19 +284,44 @@ pub(super) fn parse_batch(items: Vec<BatchItem>, rules: &Rules) -> Result<Vec<Ne
         ));
     }
     let total = items.len();
-    let mut calls = Vec::with_capacity(total);
     let mut details = Vec::new();
+    let mut requests = Vec::with_capacity(total);
     for (index, item) in items.into_iter().enumerate() {
         let index = index as u32;
-        let parsed = CreateCallRequest::parse_from_json(Some(item.0))
-            .map_err(|err| {
-                vec![FieldError::new(
-                    "",
-                    format!("not a valid call request: {}", err.into_message()),
-                )]
+        let mut bad = |message: String, field: Option<&str>| {
+            details.push(ErrorDetail {
+                index: Some(index),
+                field: field.map(str::to_owned),
+                message,
             })
-            .and_then(|req| parse_request(req, rules));
-        match parsed {
+        };
+        match CreateCallRequest::parse_from_json(Some(item.0)) {
+            Ok(req) if route_campaign.is_some() && req.campaign_id.is_some() => bad(
+                "`campaignId` is the route's: leave it out of the calls".into(),
+                Some("campaignId"),
+            ),
+            Ok(req) => requests.push((index, req)),
+            Err(err) => bad(
+                format!("not a valid call request: {}", err.into_message()),
+                None,
+            ),
+        }
+    }
+    let mut campaigns: Vec<(Uuid, CampaignForCalls)> = Vec::new();
+    for (_, req) in &requests {
+        if let Some(id) = route_campaign.or(req.campaign_id)
+            && !campaigns.iter().any(|(known, _)| *known == id)
+        {
+            campaigns.push((id, open_campaign(pool, id).await?));
+        }
+    }
+    let mut calls = Vec::with_capacity(total);
+    for (index, req) in requests {
+        let campaign = route_campaign
+            .or(req.campaign_id)
+            .and_then(|id| campaigns.iter().find(|(known, _)| *known == id))
+            .map(|(id, c)| (*id, c));
+        match parse_request(req, rules, campaign) {
             Ok(call) => calls.push(call),
             Err(errors) => details.extend(errors.into_iter().map(|e| ErrorDetail {
                 index: Some(index),
@@ -271,6 +331,7 @@ pub(super) fn parse_batch(items: Vec<BatchItem>, rules: &Rules) -> Result<Vec<Ne
         }
     }
     if !details.is_empty() {
+        details.sort_by_key(|d| d.index);
         return Err(invalid_items(
             details,
             total,
@@ -279,4 +340,21 @@ pub(super) fn parse_batch(items: Vec<BatchItem>, rules: &Rules) -> Result<Vec<Ne
         ));
     }
     Ok(calls)
+}
+
+/// A campaign calls may be added to: 404 unknown, 409 cancelled.
+pub(super) async fn open_campaign(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+) -> Result<CampaignForCalls, ApiError> {
+    let campaign = crate::db::campaign_for_calls(pool, id)
+        .await
+        .map_err(|err| ApiError::from_db(err, id))?;
+    if !campaign.status.is_open() {
+        return Err(ApiError::campaign(
+            crate::db::CampaignRefusal::Status(id, campaign.status),
+            "take calls",
+        ));
+    }
+    Ok(campaign)
 }

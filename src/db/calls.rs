@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use crate::domain::{
-    Call, CallPayload, CallStatus, CallTiming, PhoneNumber, ScriptId,
+    Call, CallPayload, CallStatus, CallTiming, CampaignRules, PhoneNumber, ScriptId,
     schedule::{Rules, Wait},
 };
 
@@ -35,6 +35,7 @@ pub(crate) struct CallRow {
     not_after: Option<DateTime<Utc>>,
     timezone: Option<String>,
     waiting_for: Option<String>,
+    campaign_id: Option<Uuid>,
 }
 
 impl From<CallRow> for Call {
@@ -62,6 +63,7 @@ impl From<CallRow> for Call {
             started_at: row.started_at,
             completed_at: row.completed_at,
             timing: CallTiming::stored(row.not_before, row.not_after, row.timezone.as_deref()),
+            campaign_id: row.campaign_id,
         }
     }
 }
@@ -74,6 +76,8 @@ pub struct NewCall {
     pub timing: CallTiming,
     /// When the schedule says it falls due, if later than at once, and why.
     pub due: Option<(DateTime<Utc>, Wait)>,
+    /// The campaign it is added to.
+    pub campaign_id: Option<Uuid>,
 }
 
 impl NewCall {
@@ -84,13 +88,24 @@ impl NewCall {
 
     /// A call due when `rules` say, from now.
     pub fn scheduled(payload: CallPayload, timing: CallTiming, rules: &Rules) -> Self {
+        Self::scheduled_in(payload, timing, rules, None)
+    }
+
+    /// A call of `campaign` (if any), due when `rules` narrowed by the campaign's say.
+    pub fn scheduled_in(
+        payload: CallPayload,
+        timing: CallTiming,
+        rules: &Rules,
+        campaign: Option<(Uuid, &CampaignRules)>,
+    ) -> Self {
         let now = Utc::now();
-        let (at, why) = rules.schedule(&timing.of(&payload.to), now);
+        let (at, why) = rules.schedule(&timing.within(&payload.to, campaign.map(|(_, c)| c)), now);
         Self {
             id: Uuid::now_v7(),
             due: why.filter(|_| at > now).map(|why| (at, why)),
             payload,
             timing,
+            campaign_id: campaign.map(|(id, _)| id),
         }
     }
 }
@@ -139,6 +154,7 @@ where
         .iter()
         .map(|c| c.due.map(|(_, why)| why.as_str()))
         .collect();
+    let campaigns: Vec<Option<Uuid>> = calls.iter().map(|c| c.campaign_id).collect();
     let rows: Vec<CallRow> = sqlx::query_as(include_str!("../../sql/queries/insert_calls.sql"))
         .bind(ids)
         .bind(numbers)
@@ -149,6 +165,7 @@ where
         .bind(zones)
         .bind(due)
         .bind(why)
+        .bind(campaigns)
         .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(Call::from).collect())
@@ -185,6 +202,7 @@ pub async fn create_calls_skipping(
     skip_suppressed: bool,
 ) -> Result<(Vec<Call>, Vec<Suppressed>), DbError> {
     let mut tx = pool.begin().await?;
+    super::campaigns::hold_open(&mut tx, calls).await?;
     let created = insert_calls(&mut *tx, calls).await?;
     let left_out = suppressed(calls, &created);
     if !left_out.is_empty() && !skip_suppressed {
@@ -261,6 +279,13 @@ pub async fn create_idempotent(
     // A key can expire between our failed claim and our look-up; a few rounds settle it.
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
+        if let Err(refused) = super::campaigns::hold_open(&mut tx, calls).await {
+            tx.rollback().await?;
+            return match replay(pool, key).await? {
+                Some(answer) => answer,
+                None => Err(refused),
+            };
+        }
         let created = insert_calls(&mut *tx, calls).await?;
         let left_out = suppressed(calls, &created);
         if !left_out.is_empty() {
@@ -354,7 +379,7 @@ pub async fn update_call<F, E>(
     apply: F,
 ) -> Result<Result<Call, E>, DbError>
 where
-    F: FnOnce(&Call) -> Result<(CallPayload, CallTiming), E>,
+    F: FnOnce(&Call, Option<&CampaignRules>) -> Result<(CallPayload, CallTiming), E>,
 {
     let mut tx = pool.begin().await?;
     let row: Option<CallRow> = sqlx::query_as("SELECT * FROM calls WHERE id = $1 FOR UPDATE")
@@ -367,7 +392,11 @@ where
     if current.status != CallStatus::Pending {
         return Err(DbError::NotPending(current.status));
     }
-    let (payload, timing) = match apply(&current) {
+    let campaign = match current.campaign_id {
+        Some(id) => Some(super::campaigns::rules_of(&mut *tx, id).await?),
+        None => None,
+    };
+    let (payload, timing) = match apply(&current, campaign.as_ref()) {
         Ok(changed) => changed,
         Err(err) => return Ok(Err(err)),
     };
@@ -392,7 +421,7 @@ where
             (Some(due), None) => due,
             _ => now,
         };
-        let (due, why) = rules.schedule(&timing.of(&payload.to), base);
+        let (due, why) = rules.schedule(&timing.within(&payload.to, campaign.as_ref()), base);
         (Some(due), why.map(|w| w.as_str().to_owned()))
     };
     let row: CallRow = sqlx::query_as(include_str!("../../sql/queries/update_payload.sql"))
@@ -430,6 +459,7 @@ pub async fn cancel_call(pool: &PgPool, id: Uuid) -> Result<Call, DbError> {
 pub struct CallFilter {
     pub status: Option<CallStatus>,
     pub to: Option<PhoneNumber>,
+    pub campaign_id: Option<Uuid>,
     /// From 1.
     pub page: u32,
     pub limit: u32,
@@ -444,6 +474,9 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &CallFilter) {
         query
             .push(" AND to_number = ")
             .push_bind(to.as_str().to_owned());
+    }
+    if let Some(campaign) = filter.campaign_id {
+        query.push(" AND campaign_id = ").push_bind(campaign);
     }
 }
 

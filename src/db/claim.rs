@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{DbError, calls::CallRow};
 use crate::domain::{
-    Call, CallTiming, PhoneNumber,
+    Call, CallTiming, CampaignRules, PhoneNumber,
     schedule::{Candidate, Rules, Verdict},
 };
 
@@ -62,7 +62,19 @@ struct CandidateRow {
     timezone: Option<String>,
     not_before: Option<DateTime<Utc>>,
     not_after: Option<DateTime<Utc>>,
+    /// Its campaign, or the nil UUID for the calls of no campaign.
+    lane: Uuid,
+    priority: i16,
+    /// When its lane was last served (higher is later).
+    turn: i64,
+    /// How many calls its lane may have claimed now (its campaign's cap, the global one).
+    lane_free: i64,
+    window_hours: Option<String>,
+    window_days: Option<String>,
+    start_at: Option<DateTime<Utc>>,
+    end_at: Option<DateTime<Utc>>,
     free: i64,
+    ready_lanes: i64,
     now: DateTime<Utc>,
     suppressed: Option<String>,
     recent_dials: Vec<DateTime<Utc>>,
@@ -76,6 +88,10 @@ struct Sorted {
     later: (Vec<Uuid>, Vec<DateTime<Utc>>, Vec<&'static str>),
     expire: (Vec<Uuid>, Vec<String>),
     cancel: (Vec<Uuid>, Vec<String>),
+    /// The lanes served, in the order of their last call admitted (or held back).
+    served: Vec<Uuid>,
+    /// Lanes whose every candidate was held back: passed over by the claim's next rounds.
+    held_lanes: Vec<Uuid>,
 }
 
 impl Sorted {
@@ -85,40 +101,128 @@ impl Sorted {
     }
 }
 
-/// Asks the schedule about each candidate, in order, and keeps up to `free` of those it
-/// admits, one per number.
+/// One lane's candidates in a round, in due order.
+struct Lane<'a> {
+    id: Uuid,
+    priority: i16,
+    turn: i64,
+    room: usize,
+    dialable: Vec<&'a CandidateRow>,
+    next: usize,
+    admitted: usize,
+    held: usize,
+}
+
+/// Asks the schedule about each candidate, then admits up to `free` of those it lets go, one
+/// per number and at most each lane's room: the lanes of the highest priority first, one
+/// call per lane in turn from the lane served longest ago (round-robin), so a campaign of a
+/// million calls never starves one of ten.
 fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
     let mut sorted = Sorted::default();
-    let mut numbers = std::collections::HashSet::new();
+    let mut lanes: Vec<Lane<'_>> = Vec::new();
+    let mut campaigns: std::collections::HashMap<Uuid, Option<CampaignRules>> =
+        std::collections::HashMap::new();
     for row in candidates {
+        let campaign = campaigns.entry(row.lane).or_insert_with(|| {
+            (!row.lane.is_nil()).then(|| {
+                CampaignRules::stored(
+                    row.window_hours.as_deref(),
+                    row.window_days.as_deref(),
+                    row.start_at,
+                    row.end_at,
+                    None,
+                )
+            })
+        });
         let number = PhoneNumber::from_trusted(row.to_number.clone());
         let timing = CallTiming::stored(row.not_before, row.not_after, row.timezone.as_deref());
         let candidate = Candidate {
-            timing: timing.of(&number),
+            timing: timing.within(&number, campaign.as_ref()),
             suppressed: row.suppressed.as_deref(),
             recent_dials: &row.recent_dials,
         };
+        if lanes.last().is_none_or(|l| l.id != row.lane) {
+            lanes.push(Lane {
+                id: row.lane,
+                priority: row.priority,
+                turn: row.turn,
+                room: usize::try_from(row.lane_free).unwrap_or(0),
+                dialable: Vec::new(),
+                next: 0,
+                admitted: 0,
+                held: 0,
+            });
+        }
+        let lane = lanes.last_mut().expect("pushed above");
         match rules.admit(&candidate, row.now) {
-            Verdict::Dial => {
-                if sorted.dial.len() < free && numbers.insert(row.to_number.as_str()) {
-                    sorted.dial.push(row.id);
-                }
-            }
+            Verdict::Dial => lane.dialable.push(row),
             Verdict::Wait { until, why } => {
+                lane.held += 1;
                 sorted.later.0.push(row.id);
                 sorted.later.1.push(until);
                 sorted.later.2.push(why.as_str());
             }
             Verdict::Expire(error) => {
+                lane.held += 1;
                 sorted.expire.0.push(row.id);
                 sorted.expire.1.push(error);
             }
             Verdict::Cancel(error) => {
+                lane.held += 1;
                 sorted.cancel.0.push(row.id);
                 sorted.cancel.1.push(error);
             }
         }
     }
+    // The rows come lane by lane, in the order the lanes are served.
+    lanes.sort_by_key(|l| (std::cmp::Reverse(l.priority), l.turn, l.id));
+    for lane in &lanes {
+        if lane.dialable.is_empty() && lane.held > 0 {
+            sorted.held_lanes.push(lane.id);
+            sorted.served.push(lane.id);
+        }
+    }
+    let mut numbers = std::collections::HashSet::new();
+    let mut last_served: Vec<(usize, Uuid)> = Vec::new();
+    let mut start = 0;
+    while start < lanes.len() && sorted.dial.len() < free {
+        let priority = lanes[start].priority;
+        let end = start
+            + lanes[start..]
+                .iter()
+                .take_while(|l| l.priority == priority)
+                .count();
+        // Rounds over the lanes of this priority, one call each, until none has more.
+        loop {
+            let mut progressed = false;
+            for lane in &mut lanes[start..end] {
+                if sorted.dial.len() >= free {
+                    break;
+                }
+                if lane.admitted >= lane.room {
+                    continue;
+                }
+                while let Some(row) = lane.dialable.get(lane.next) {
+                    lane.next += 1;
+                    if numbers.insert(row.to_number.as_str()) {
+                        sorted.dial.push(row.id);
+                        lane.admitted += 1;
+                        last_served.retain(|(_, l)| *l != lane.id);
+                        last_served.push((sorted.dial.len(), lane.id));
+                        progressed = true;
+                        break;
+                    }
+                }
+            }
+            if !progressed || sorted.dial.len() >= free {
+                break;
+            }
+        }
+        start = end;
+    }
+    sorted
+        .served
+        .extend(last_served.into_iter().map(|(_, lane)| lane));
     sorted
 }
 
@@ -184,6 +288,9 @@ async fn claim_rounds(
     rules: &Rules,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let mut claimed = Vec::new();
+    let mut passed_over: Vec<Uuid> = Vec::new();
+    let mut served: Vec<Uuid> = Vec::new();
+    let mut several_lanes = false;
     for _ in 0..ROUNDS {
         let wanted = max.saturating_sub(claimed.len() as u32);
         let candidates: Vec<CandidateRow> =
@@ -191,12 +298,14 @@ async fn claim_rounds(
                 .bind(i64::from(cap))
                 .bind(i64::from(wanted))
                 .bind(rules.max_attempts_per_number_per_day > 0)
+                .bind(&passed_over)
                 .fetch_all(&mut **tx)
                 .await?;
         let Some(first) = candidates.first() else {
             break;
         };
         let free = usize::try_from(first.free).unwrap_or(0);
+        several_lanes |= first.ready_lanes > 1 || !passed_over.is_empty();
         let sorted = sort(&candidates, free, rules);
         let due: std::collections::HashMap<Uuid, DateTime<Utc>> =
             candidates.iter().map(|c| (c.id, c.due_at)).collect();
@@ -247,9 +356,19 @@ async fn claim_rounds(
                 rescues: 0,
             }
         }));
+        served.retain(|lane| !sorted.served.contains(lane));
+        served.extend(sorted.served.iter().copied());
+        passed_over.extend(sorted.held_lanes.iter().copied());
         if !sorted.moved_any() || claimed.len() as u32 >= max || sorted.dial.len() >= free {
             break;
         }
+    }
+    // Turns matter only between lanes: a queue of loose calls alone keeps none.
+    if several_lanes && !served.is_empty() {
+        sqlx::query(include_str!("../../sql/queries/take_turns.sql"))
+            .bind(&served)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(claimed)
 }
@@ -258,10 +377,11 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
-/// When the earliest `PENDING` call falls due, if any is pending.
+/// When the earliest `PENDING` call the claim serves falls due (or a campaign starts), if
+/// any: see `sql/queries/next_due.sql`.
 pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, DbError> {
     Ok(
-        sqlx::query_scalar("SELECT min(due_at) FROM call_queue WHERE status = 'PENDING'")
+        sqlx::query_scalar(include_str!("../../sql/queries/next_due.sql"))
             .fetch_one(pool)
             .await?,
     )

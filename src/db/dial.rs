@@ -38,6 +38,7 @@ pub async fn record_dial_outcome(
     let Some(locked) = lock(&mut tx, call_id, Which::Row(attempt_id)).await? else {
         return Ok(None);
     };
+    let retry = locked.retry(retry);
     let attempt = locked.state.attempt;
     let rate_limited_before: i64 = match outcome {
         DialOutcome::RateLimited { .. } => {

@@ -2,6 +2,7 @@
 
 mod batch;
 mod calls;
+mod campaigns;
 mod claim;
 mod dial;
 mod events;
@@ -25,6 +26,11 @@ pub use calls::{
     CallFilter, CreateOutcome, IdempotencyKey, NewCall, Suppressed, cancel_call, count_by_status,
     create_calls, create_calls_skipping, create_each, create_idempotent, get_call, list_calls,
     update_call,
+};
+pub use campaigns::{
+    CANCEL_BATCH, CampaignAction, CampaignForCalls, CampaignRefusal, act_on_campaign,
+    campaign_for_calls, cancel_campaign_calls, create_campaign, end_campaign_calls,
+    fold_campaign_counts, get_campaign, list_campaigns, settle_campaigns, update_campaign,
 };
 pub use claim::{Claimed, claim, next_due};
 pub use dial::{Accepted, record_accepted_each, record_dial_outcome};
@@ -53,6 +59,18 @@ pub type WebhookBatcher = Batcher<WebhookUpdate, Result<WebhookOutcome, DbError>
 
 /// The channel the dispatchers LISTEN on; see the triggers in the migrations.
 pub const WAKEUP_CHANNEL: &str = "call_orchestrator_wakeup";
+
+/// Wakes every replica's dispatcher at once (a campaign resumed or changed); a notification
+/// lost is caught by their poll.
+pub(crate) async fn notify_dispatchers(pool: &PgPool) {
+    if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WAKEUP_CHANNEL)
+        .execute(pool)
+        .await
+    {
+        tracing::debug!(error = %err, "wake-up not sent; the dispatchers' poll will catch up");
+    }
+}
 
 /// Wakes the dispatchers after new calls were committed. A transaction that NOTIFYs takes
 /// a global lock at commit, which would serialise every create; so the API notifies after
@@ -102,6 +120,9 @@ pub enum DbError {
     /// Calls to suppressed numbers, left out of a create.
     #[error("the number is suppressed")]
     Suppressed(Vec<calls::Suppressed>),
+    /// An unknown campaign, or one that cannot take the change from its status.
+    #[error("the campaign refused the change: {0:?}")]
+    Campaign(CampaignRefusal),
     #[error(transparent)]
     Other(#[from] sqlx::Error),
 }

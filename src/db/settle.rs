@@ -9,8 +9,8 @@ use uuid::Uuid;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AttemptState, AttemptStatus, CallStatus, CallTiming, PhoneNumber,
-    decide::{Decision, Effect, Entry, Settlement},
+    AttemptState, AttemptStatus, CallStatus, CallTiming, CampaignRules, PhoneNumber,
+    decide::{Decision, Effect, Entry, Retry, Settlement},
     schedule::Rules,
 };
 
@@ -24,6 +24,39 @@ pub(crate) struct Locked {
     /// The call's number and schedule, where a retry must land.
     pub number: PhoneNumber,
     pub timing: CallTiming,
+    /// What its campaign adds to its schedule and retries.
+    pub campaign: Option<CampaignRules>,
+}
+
+impl Locked {
+    /// The retry settings as they apply to this call: the global ones, narrowed by its
+    /// campaign's.
+    pub fn retry(&self, retry: Retry) -> Retry {
+        match &self.campaign {
+            Some(campaign) => Retry {
+                policy: campaign.retry_policy(retry.policy),
+                ..retry
+            },
+            None => retry,
+        }
+    }
+}
+
+/// The row of `sql/queries/lock_call.sql`.
+#[derive(sqlx::FromRow)]
+struct LockedCall {
+    status: CallStatus,
+    attempts: i32,
+    to_number: String,
+    timezone: Option<String>,
+    not_before: Option<DateTime<Utc>>,
+    not_after: Option<DateTime<Utc>>,
+    campaign_id: Option<Uuid>,
+    window_hours: Option<String>,
+    window_days: Option<String>,
+    start_at: Option<DateTime<Utc>>,
+    end_at: Option<DateTime<Utc>>,
+    retry: Option<serde_json::Value>,
 }
 
 /// Which attempt of a call to lock.
@@ -41,23 +74,25 @@ pub(crate) async fn lock(
     call_id: Uuid,
     which: Which,
 ) -> Result<Option<Locked>, sqlx::Error> {
-    #[allow(clippy::type_complexity)]
-    let call: Option<(
-        CallStatus,
-        i32,
-        String,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-    )> = sqlx::query_as(include_str!("../../sql/queries/lock_call.sql"))
+    let call: Option<LockedCall> = sqlx::query_as(include_str!("../../sql/queries/lock_call.sql"))
         .bind(call_id)
         .fetch_optional(&mut **tx)
         .await?;
-    let Some((call_status, call_attempts, number, timezone, not_before, not_after)) = call else {
+    let Some(call) = call else {
         return Ok(None);
     };
-    let number = PhoneNumber::from_trusted(number);
-    let timing = CallTiming::stored(not_before, not_after, timezone.as_deref());
+    let (call_status, call_attempts) = (call.status, call.attempts);
+    let number = PhoneNumber::from_trusted(call.to_number);
+    let timing = CallTiming::stored(call.not_before, call.not_after, call.timezone.as_deref());
+    let campaign = call.campaign_id.map(|_| {
+        CampaignRules::stored(
+            call.window_hours.as_deref(),
+            call.window_days.as_deref(),
+            call.start_at,
+            call.end_at,
+            call.retry.as_ref(),
+        )
+    });
     let row: Option<(i64, AttemptStatus, Option<String>, bool, i32)> = match which {
         Which::Number(attempt) => {
             sqlx::query_as(include_str!("../../sql/queries/lock_attempt.sql"))
@@ -79,6 +114,7 @@ pub(crate) async fn lock(
             attempt_id,
             number,
             timing,
+            campaign,
             state: AttemptState {
                 call_status,
                 call_attempts,
@@ -172,7 +208,10 @@ async fn settle(
     let moved = match &settlement.call {
         CallMove::Retry { delay, .. } => {
             let due = Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default();
-            match rules.schedule(&locked.timing.of(&locked.number), due) {
+            let timing = locked
+                .timing
+                .within(&locked.number, locked.campaign.as_ref());
+            match rules.schedule(&timing, due) {
                 (at, Some(why)) if at > due => Some((at, why.as_str())),
                 _ => None,
             }

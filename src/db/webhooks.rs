@@ -107,6 +107,7 @@ async fn apply_in(
     let Some(locked) = lock(tx, call_id, Which::Number(attempt)).await? else {
         return Ok(None);
     };
+    let retry = locked.retry(retry);
     let progress_recorded: i64 = if update.status.is_final() {
         0
     } else {

@@ -88,6 +88,8 @@ pub struct Call {
     pub completed_at: Option<DateTime<Utc>>,
     /// When it may be dialed, and in which time zone its callee lives.
     pub timing: CallTiming,
+    /// The campaign it belongs to, if any.
+    pub campaign_id: Option<Uuid>,
 }
 
 /// A call's own scheduling fields, as the client set them.
@@ -115,13 +117,29 @@ impl CallTiming {
         }
     }
 
-    /// What the schedule's rules read of a call to `number`.
+    /// What the schedule's rules read of a call to `number` of no campaign.
     pub fn of<'a>(&self, number: &'a super::PhoneNumber) -> super::schedule::Timing<'a> {
+        self.within(number, None)
+    }
+
+    /// What the schedule's rules read of a call to `number`, narrowed by its campaign's
+    /// window, start and end.
+    pub fn within<'a>(
+        &self,
+        number: &'a super::PhoneNumber,
+        campaign: Option<&super::CampaignRules>,
+    ) -> super::schedule::Timing<'a> {
+        let start = campaign.and_then(|c| c.start_at);
         super::schedule::Timing {
             number,
             timezone: self.timezone,
-            not_before: self.not_before,
+            not_before: match (self.not_before, start) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
             not_after: self.not_after,
+            window: campaign.and_then(|c| c.window),
+            ends_at: campaign.and_then(|c| c.end_at),
         }
     }
 }

@@ -19,6 +19,7 @@ use text_column;
 
 mod attempt;
 mod call;
+pub mod campaign;
 pub mod decide;
 mod outcome;
 mod payload;
@@ -29,6 +30,7 @@ mod webhook_token;
 
 pub use attempt::{AttemptState, AttemptStatus};
 pub use call::{Call, CallEvent, CallStatus, CallTiming, EventKind};
+pub use campaign::{Campaign, CampaignRetry, CampaignRules, CampaignSettings, CampaignStatus};
 pub use outcome::{DialOutcome, ProviderStatus, ReportSource, WebhookUpdate};
 pub use payload::{
     CallPayload, FieldError, MAX_METADATA_BYTES, MAX_SCRIPT_ID_LEN, ScriptId, merge_patch,

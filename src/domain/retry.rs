@@ -95,6 +95,25 @@ impl PerOutcome {
     pub fn base_delay(&self, outcome: FailedOutcome) -> Option<Duration> {
         self.base_delay[outcome.index()]
     }
+
+    /// These settings narrowed by a campaign's: only the outcomes both retry (`None`: all of
+    /// these), each from the campaign's delay where it sets one.
+    pub fn narrowed(
+        &self,
+        retried: Option<&[FailedOutcome]>,
+        delays: &[(FailedOutcome, Duration)],
+    ) -> Self {
+        let mut this = *self;
+        if let Some(retried) = retried {
+            for outcome in FailedOutcome::ALL {
+                this.retried[outcome.index()] &= retried.contains(&outcome);
+            }
+        }
+        for (outcome, delay) in delays {
+            this.base_delay[outcome.index()] = Some(*delay);
+        }
+        this
+    }
 }
 
 /// What to do after an attempt failed.

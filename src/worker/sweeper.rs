@@ -56,6 +56,7 @@ impl Sweeper {
             tracing::info!(call_id = %id, "call expired: its notAfter passed before it was dialed");
         }
         crate::metrics::claim_held(std::iter::empty(), late.len(), 0);
+        self.campaigns().await?;
         let abandoned = db::take_abandoned(&worker.pool, worker.settings.lease()).await?;
         let rescued = abandoned.len();
         crate::metrics::rescued(rescued);
@@ -69,6 +70,24 @@ impl Sweeper {
             rescued,
             reconciled,
         })
+    }
+
+    /// The campaigns' share of a sweep: the calls of campaigns that ended expire, those of
+    /// cancelled ones left by their cancel are cancelled, statuses the triggers could not
+    /// see right are mended, and the counts' changes folded.
+    async fn campaigns(&self) -> Result<(), DbError> {
+        let pool = &self.worker.pool;
+        let ended = db::end_campaign_calls(pool).await?;
+        if ended > 0 {
+            tracing::info!(calls = ended, "calls expired: their campaign ended");
+        }
+        let cancelled = db::cancel_campaign_calls(pool, None).await?;
+        if cancelled > 0 {
+            tracing::info!(calls = cancelled, "calls cancelled with their campaign");
+        }
+        db::settle_campaigns(pool).await?;
+        db::fold_campaign_counts(pool).await?;
+        Ok(())
     }
 
     /// Looks up at the provider the calls whose end has not arrived for `RECONCILE_AFTER`,

@@ -64,6 +64,10 @@ pub struct Stats {
     pub active: HashMap<String, String>,
     pub peak_active: usize,
     pub peak_per_number: usize,
+    /// Calls placed and not yet ended, by callId -> the `group` of their metadata (a test's
+    /// name for their campaign), and the most active at once in each group.
+    pub groups: HashMap<String, String>,
+    pub peak_per_group: HashMap<String, usize>,
 }
 
 struct State {
@@ -134,7 +138,9 @@ impl FakeProvider {
 
     /// The provider ends a call: it stops counting it as active.
     pub fn end(&self, call_id: &str) {
-        self.state.lock().unwrap().stats.active.remove(call_id);
+        let stats = &mut self.state.lock().unwrap().stats;
+        stats.active.remove(call_id);
+        stats.groups.remove(call_id);
     }
 
     async fn handle(&self, mut req: Request) -> Response {
@@ -224,6 +230,12 @@ impl FakeProvider {
         }
         stats.active.insert(id.clone(), number);
         stats.peak_active = stats.peak_active.max(stats.active.len());
+        if let Some(group) = body["metadata"]["group"].as_str() {
+            stats.groups.insert(id.clone(), group.to_owned());
+            let now = stats.groups.values().filter(|g| *g == group).count();
+            let peak = stats.peak_per_group.entry(group.to_owned()).or_default();
+            *peak = (*peak).max(now);
+        }
         if let Some(auto) = state.auto_end.clone() {
             let webhook_url = body["webhookUrl"].as_str().unwrap_or_default().to_owned();
             let provider = self.clone();

@@ -29,6 +29,27 @@ pub struct StatusCounts {
     pub total: i64,
 }
 
+impl StatusCounts {
+    /// From counts by status (statuses with none may be absent).
+    pub fn of(counts: &[(crate::domain::CallStatus, i64)]) -> Self {
+        use crate::domain::CallStatus;
+        let mut data = Self::default();
+        for &(status, n) in counts {
+            let slot = match status {
+                CallStatus::Pending => &mut data.pending,
+                CallStatus::InProgress => &mut data.in_progress,
+                CallStatus::Completed => &mut data.completed,
+                CallStatus::Failed => &mut data.failed,
+                CallStatus::Expired => &mut data.expired,
+                CallStatus::Cancelled => &mut data.cancelled,
+            };
+            *slot += n;
+            data.total += n;
+        }
+        data
+    }
+}
+
 /// Slots in use against the cap.
 #[derive(Object, Clone, Debug)]
 #[oai(rename_all = "camelCase")]

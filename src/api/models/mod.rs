@@ -9,9 +9,11 @@ use uuid::Uuid;
 
 use crate::domain::{self, CallStatus, EventKind, schedule::Rules};
 
+mod campaigns;
 mod envelopes;
 mod json;
 
+pub use campaigns::*;
 pub use envelopes::*;
 pub use json::{BatchItem, Text};
 
@@ -117,6 +119,9 @@ pub struct Call {
     pub timezone: Option<String>,
     /// Every time zone the calling window must hold in for this call.
     pub time_zones: Vec<String>,
+    /// The campaign it belongs to.
+    #[oai(nullable)]
+    pub campaign_id: Option<Uuid>,
 }
 
 impl Call {
@@ -130,6 +135,7 @@ impl Call {
                 _ => None,
             },
             time_zones,
+            campaign_id: call.campaign_id,
             not_before: call.timing.not_before,
             not_after: call.timing.not_after,
             id: call.id,
@@ -159,8 +165,9 @@ pub struct CreateCallRequest {
     /// The number to call in E.164; spaces, dashes, dots and parentheses are removed first.
     /// A number without the leading `+` is rejected.
     pub to: Text,
-    /// 1 to 128 characters of letters, digits, `_ - . :`.
-    pub script_id: Text,
+    /// 1 to 128 characters of letters, digits, `_ - . :`; may be left out in a campaign that
+    /// has a `scriptId` of its own.
+    pub script_id: Option<Text>,
     /// A JSON object of at most 16 KiB handed to the script; `{}` when absent.
     pub metadata: Option<BTreeMap<String, Value>>,
     /// Not dialed before this instant (RFC 3339).
@@ -171,6 +178,8 @@ pub struct CreateCallRequest {
     /// The callee's IANA time zone (`America/New_York`), when the number's prefix should
     /// not decide it.
     pub timezone: Option<Text>,
+    /// The campaign it belongs to: its rules narrow the call's.
+    pub campaign_id: Option<Uuid>,
 }
 
 impl poem_openapi::types::Example for CreateCallRequest {
@@ -178,11 +187,12 @@ impl poem_openapi::types::Example for CreateCallRequest {
         let example = Payload::example();
         Self {
             to: Text(example.to),
-            script_id: Text(example.script_id),
+            script_id: Some(Text(example.script_id)),
             metadata: Some(example.metadata),
             not_before: None,
             not_after: None,
             timezone: None,
+            campaign_id: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
-pub use window::{CallingWindow, Days, Hours};
+pub use window::{CallingWindow, Days, Hours, next_common_opening};
 
 use super::PhoneNumber;
 
@@ -63,7 +63,11 @@ impl Rules {
             (at, why) = (not_before, Some(Wait::NotBefore));
         }
         let zones = self.zones(call.number, call.timezone);
-        match self.window.next_opening(&zones, at) {
+        let opening = match call.window {
+            Some(campaign) => next_common_opening(&[self.window, campaign], &zones, at),
+            None => self.window.next_opening(&zones, at),
+        };
+        match opening {
             Some(opening) if opening > at => (at, why) = (opening, Some(Wait::Window)),
             Some(_) => {}
             None => {
@@ -73,7 +77,7 @@ impl Rules {
                 )
             }
         }
-        match call.not_after {
+        match call.deadline() {
             Some(deadline) if at > deadline => (deadline, Some(Wait::Deadline)),
             _ => (at, why),
         }
@@ -81,6 +85,14 @@ impl Rules {
 
     /// What the claim does with a due call at `now`: dial it, or not, and why.
     pub fn admit(&self, call: &Candidate<'_>, now: DateTime<Utc>) -> Verdict {
+        if let Some(end) = call.timing.ends_at
+            && end <= now
+        {
+            return Verdict::Expire(format!(
+                "campaign ended: its endAt {} came before the call could be dialed",
+                end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
         if let Some(deadline) = call.timing.not_after
             && deadline <= now
         {
@@ -113,13 +125,40 @@ impl Rules {
     }
 }
 
-/// A call's own scheduling fields.
+/// A call's scheduling fields: its own, narrowed by its campaign's.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing<'a> {
     pub number: &'a PhoneNumber,
     pub timezone: Option<Tz>,
+    /// Its own `notBefore`, or its campaign's `startAt` when that is later.
     pub not_before: Option<DateTime<Utc>>,
     pub not_after: Option<DateTime<Utc>>,
+    /// Its campaign's calling window, which must be open as well as `CALLING_WINDOW`.
+    pub window: Option<CallingWindow>,
+    /// Its campaign's `endAt`: still `PENDING` then, it expires, never dialed.
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> Timing<'a> {
+    /// A call to `number` with no schedule of its own and no campaign.
+    pub fn of(number: &'a PhoneNumber) -> Self {
+        Self {
+            number,
+            timezone: None,
+            not_before: None,
+            not_after: None,
+            window: None,
+            ends_at: None,
+        }
+    }
+
+    /// Whichever comes first of its `notAfter` and its campaign's end.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        match (self.not_after, self.ends_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// A due call as the claim sees it.
@@ -206,12 +245,7 @@ mod tests {
     fn a_call_created_at_night_waits_for_the_morning() {
         let r = rules(0);
         let to = number("+12015550123");
-        let timing = Timing {
-            number: &to,
-            timezone: None,
-            not_before: None,
-            not_after: None,
-        };
+        let timing = Timing::of(&to);
         // 03:00 in New York.
         let night = utc("2026-01-14T08:00:00Z");
         assert_eq!(
@@ -227,10 +261,8 @@ mod tests {
         let r = rules(0);
         let to = number("+442071234567");
         let mut timing = Timing {
-            number: &to,
-            timezone: None,
             not_before: Some(utc("2026-01-14T10:00:00Z")),
-            not_after: None,
+            ..Timing::of(&to)
         };
         let now = utc("2026-01-14T09:00:00Z");
         assert_eq!(
@@ -254,12 +286,7 @@ mod tests {
         let r = rules(2);
         let to = number("+442071234567");
         let now = utc("2026-01-14T12:00:00Z");
-        let timing = Timing {
-            number: &to,
-            timezone: None,
-            not_before: None,
-            not_after: None,
-        };
+        let timing = Timing::of(&to);
         let due = Candidate {
             timing,
             suppressed: None,
@@ -333,12 +360,7 @@ mod tests {
     #[test]
     fn the_window_is_checked_against_the_rules_in_force() {
         let to = number("+442071234567");
-        let timing = Timing {
-            number: &to,
-            timezone: None,
-            not_before: None,
-            not_after: None,
-        };
+        let timing = Timing::of(&to);
         let due = Candidate {
             timing,
             suppressed: None,

@@ -202,34 +202,54 @@ impl CallingWindow {
     /// windows overlap, their common part opens when the last of them does). `None` when
     /// the zones' windows have no instant in common within the next week.
     pub fn next_opening(&self, zones: &[Tz], at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if self.is_open(zones, at) {
-            return Some(at);
-        }
-        let hours = self.hours?;
-        if self.days.is_empty() {
+        next_common_opening(std::slice::from_ref(self), zones, at)
+    }
+}
+
+/// The first instant from `at` on when every one of `windows` is open in every one of
+/// `zones` (a campaign's window inside `CALLING_WINDOW`): `at` itself when all are open
+/// now, else the opening of one of them in one of the zones, since a common part of
+/// windows opens when the last of them does. `None` when they have no instant in common
+/// within the next week.
+pub fn next_common_opening(
+    windows: &[CallingWindow],
+    zones: &[Tz],
+    at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let open = |t: DateTime<Utc>| windows.iter().all(|w| w.is_open(zones, t));
+    if open(at) {
+        return Some(at);
+    }
+    let mut openings = Vec::new();
+    for window in windows {
+        let Some(hours) = window.hours else {
+            continue;
+        };
+        if window.days.is_empty() {
             return None;
         }
-        let mut openings: Vec<DateTime<Utc>> = zones
-            .iter()
-            .flat_map(|&tz| {
-                // Checked: an instant at the calendar's end has no day after it.
-                let first = at
-                    .with_timezone(&tz)
-                    .date_naive()
-                    .checked_sub_signed(Duration::days(1));
-                (0..SEARCH_DAYS).filter_map(move |k| {
-                    let date = first?.checked_add_signed(Duration::days(k))?;
-                    self.days
-                        .has(date.weekday().num_days_from_monday())
-                        .then(|| local_instant(tz, date, hours.start))
-                        .flatten()
-                })
-            })
-            .filter(|&opening| opening > at)
-            .collect();
-        openings.sort_unstable();
-        openings.into_iter().find(|&t| self.is_open(zones, t))
+        for &tz in zones {
+            // Checked: an instant at the calendar's end has no day after it.
+            let Some(first) = at
+                .with_timezone(&tz)
+                .date_naive()
+                .checked_sub_signed(Duration::days(1))
+            else {
+                continue;
+            };
+            openings.extend((0..SEARCH_DAYS).filter_map(|k| {
+                let date = first.checked_add_signed(Duration::days(k))?;
+                window
+                    .days
+                    .has(date.weekday().num_days_from_monday())
+                    .then(|| local_instant(tz, date, hours.start))
+                    .flatten()
+            }));
+        }
     }
+    openings.retain(|&opening| opening > at);
+    openings.sort_unstable();
+    openings.into_iter().find(|&t| open(t))
 }
 
 impl fmt::Display for CallingWindow {
