@@ -63,10 +63,13 @@ pub struct CallingWindow {
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CampaignRetry {
     /// Dial attempts per call, the first included (1 to 100; at most `MAX_RETRY_ATTEMPTS`).
+    #[oai(skip_serializing_if_is_none)]
     pub max_attempts: Option<i64>,
     /// The outcomes retried: `FAILED`, `BUSY`, `NO_ANSWER`, `VOICEMAIL`.
+    #[oai(skip_serializing_if_is_none)]
     pub outcomes: Option<Vec<Text>>,
     /// Base delay of a retry after each outcome (`{"BUSY": "10m"}`), doubling per attempt.
+    #[oai(skip_serializing_if_is_none)]
     pub delays: Option<BTreeMap<String, Text>>,
 }
 
