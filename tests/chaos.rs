@@ -33,6 +33,10 @@ use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 
 const CAP: usize = 8;
+/// Two campaigns share the queue with loose calls, each under a cap of its own
+/// (invariant 10): the simulator counts each one's calls active at once by the `group` of
+/// their metadata.
+const CAMPAIGN_CAPS: [(&str, usize); 2] = [("A", 3), ("B", 4)];
 const MAX_ATTEMPTS: i32 = 3;
 /// Short enough that a dropped webhook's call expires within the test, long enough that an
 /// attempt abandoned by the SIGKILL is rescued first (its lease: 3 × PROVIDER_TIMEOUT + 5 s).
@@ -204,8 +208,28 @@ struct Figures {
 async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: usize) -> Figures {
     let started = Instant::now();
     let port = cluster.live_port();
+    let mut campaigns = Vec::new();
+    for (group, cap) in CAMPAIGN_CAPS {
+        let response = cluster
+            .client
+            .post(format!("http://127.0.0.1:{port}/api/v1/campaigns"))
+            .json(&json!({"name": format!("chaos {group} {round}"), "scriptId": "chaos", "maxConcurrentCalls": cap}))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        campaigns.push(body["data"]["id"].as_str().unwrap().to_owned());
+    }
+    // A quarter of the calls in each campaign (tagged with its group), half loose.
     let bodies: Vec<Value> = (0..calls)
-        .map(|i| json!({"to": format!("+1415{:03}{:04}", round % 1000, i % numbers), "scriptId": "chaos", "metadata": {"i": i}}))
+        .map(|i| {
+            let mut body = json!({"to": format!("+1415{:03}{:04}", round % 1000, i % numbers), "scriptId": "chaos", "metadata": {"i": i}});
+            if let Some(k) = [0, 1].into_iter().find(|k| i % 4 == *k) {
+                body["campaignId"] = json!(campaigns[k]);
+                body["metadata"]["group"] = json!(CAMPAIGN_CAPS[k].0);
+            }
+            body
+        })
         .collect();
     for chunk in bodies.chunks(500) {
         let response = cluster
@@ -354,6 +378,44 @@ async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: us
     }
     let forged = forger.stop().await;
     let figures = check(cluster, calls, drain, started.elapsed()).await;
+    let sim = cluster.sim.status();
+    for (group, cap) in CAMPAIGN_CAPS {
+        // Twilio's dial carries no metadata: there the simulator cannot tell the campaigns.
+        if let Some(&peak) = sim.peak_per_group.get(group) {
+            assert!(
+                peak <= cap,
+                "the provider saw {peak} calls of campaign {group} at once, its cap {cap}"
+            );
+            eprintln!("chaos: campaign {group} peak {peak} (its cap {cap})");
+        }
+    }
+    // Each campaign's counts, kept by the database through it all, match its calls, and it
+    // completes (the sweeper mends a completion two transactions raced past).
+    let port = cluster.live_port();
+    for (k, id) in campaigns.iter().enumerate() {
+        let expected = (0..calls).filter(|i| i % 4 == k).count();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let body: Value = cluster
+                .client
+                .get(format!("http://127.0.0.1:{port}/api/v1/campaigns/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let data = &body["data"];
+            assert_eq!(data["counts"]["total"], expected, "{data}");
+            if data["status"] == "COMPLETED" {
+                assert_eq!(data["counts"]["PENDING"], 0, "{data}");
+                assert_eq!(data["counts"]["IN_PROGRESS"], 0, "{data}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "campaign not completed: {data}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let pool = sqlx::PgPool::connect(&cluster.pg.url("postgres"))
         .await
         .unwrap();

@@ -273,3 +273,63 @@ async fn a_suppression_list_is_imported_and_its_bad_rows_named() {
             .unwrap()
     );
 }
+
+#[tokio::test]
+async fn rows_go_to_a_campaign_with_its_script() {
+    let app = TestApp::spawn().await;
+    let (_, created) = app
+        .post(
+            "/api/v1/campaigns",
+            json!({"name": "renewals", "scriptId": "renewal", "maxConcurrentCalls": 2}),
+        )
+        .await;
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("campaign.csv");
+    std::fs::write(
+        &file,
+        "to,scriptId,metadata.name\n+14155550100,,Ada\n+14155550101,own,Grace\n555,,Bad\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(&app, &file, &["--campaign", &id]).await;
+    assert_eq!(code, 1, "one row rejected: {stdout}{stderr}");
+    assert!(
+        stdout.contains("3 rows: 2 calls created, 1 rejected"),
+        "{stdout}{stderr}"
+    );
+    let (_, page) = app
+        .get(&format!("/api/v1/calls?campaignId={id}&limit=10"))
+        .await;
+    let mut scripts: Vec<String> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["payload"]["scriptId"].as_str().unwrap().to_owned())
+        .collect();
+    scripts.sort();
+    assert_eq!(scripts, ["own", "renewal"]);
+    // Sent again: the same calls, not twice (the batch's key names the campaign).
+    let (_, stdout, _) = import(&app, &file, &["--campaign", &id]).await;
+    assert!(stdout.contains("2 calls created"), "{stdout}");
+    let (_, campaign) = app.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(campaign["data"]["counts"]["total"], 2);
+
+    // A campaign without a script needs the column; an unknown or cancelled one is refused
+    // before anything is sent.
+    let (_, bare) = app.post("/api/v1/campaigns", json!({"name": "bare"})).await;
+    let bare = bare["data"]["id"].as_str().unwrap().to_owned();
+    let only_to = dir.path().join("numbers.csv");
+    std::fs::write(&only_to, "to\n+14155550200\n").unwrap();
+    let (code, _, stderr) = import(&app, &only_to, &["--campaign", &bare]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no `scriptId` column"), "{stderr}");
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (code, _, stderr) = import(&app, &file, &["--campaign", &unknown]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no campaign has the id"), "{stderr}");
+    app.post(&format!("/api/v1/campaigns/{bare}/cancel"), json!({}))
+        .await;
+    let (code, _, stderr) = import(&app, &file, &["--campaign", &bare]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("CANCELLED"), "{stderr}");
+}

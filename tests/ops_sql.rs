@@ -143,6 +143,40 @@ async fn every_operator_query_runs_and_explains_the_queue() {
     );
     assert!(roomy.contains("claimable now"), "{roomy}");
 
+    // Campaigns: progress, and what each waits for; a paused campaign's call says so.
+    let (_, paused) = app
+        .post(
+            "/api/v1/campaigns",
+            json!({"name": "spring survey", "scriptId": "s", "maxConcurrentCalls": 1}),
+        )
+        .await;
+    let campaign = paused["data"]["id"].as_str().unwrap().to_owned();
+    let (_, added) = app
+        .post(
+            &format!("/api/v1/campaigns/{campaign}/calls"),
+            json!({"calls": [{"to": "+14155550020"}, {"to": "+14155550021"}]}),
+        )
+        .await;
+    let held = id(&added["data"][0]);
+    app.post(&format!("/api/v1/campaigns/{campaign}/pause"), json!({}))
+        .await;
+    let progress = psql(&app, "campaign_progress.sql", &[]);
+    assert!(
+        progress.contains("spring survey") && progress.contains("PAUSED"),
+        "{progress}"
+    );
+    let waiting = psql(&app, "campaign_waiting.sql", &[]);
+    assert!(waiting.contains("paused: none of its calls"), "{waiting}");
+    let why_held = psql(
+        &app,
+        "why_waiting.sql",
+        &[("call_id", &held), ("cap", "30")],
+    );
+    assert!(
+        why_held.contains("campaign paused (spring survey)"),
+        "{why_held}"
+    );
+
     let history = psql(&app, "retry_history.sql", &[("call_id", &busy_b)]);
     assert!(
         history.contains("FAILED") && history.contains("RETRY_SCHEDULED"),

@@ -14,11 +14,13 @@ WHERE NOT EXISTS (
     SELECT 1 FROM calls c
     WHERE c.id = q.call_id
       AND c.status IN ('PENDING', 'IN_PROGRESS')
-      AND (c.seq, c.to_number, c.status, c.next_attempt_at)
-          IS NOT DISTINCT FROM (q.seq, q.to_number, q.status, q.due_at)
+      AND (c.seq, c.to_number, c.status, c.next_attempt_at,
+           coalesce(c.campaign_id, '00000000-0000-0000-0000-000000000000'))
+          IS NOT DISTINCT FROM (q.seq, q.to_number, q.status, q.due_at, q.lane)
 );
-INSERT INTO call_queue (call_id, seq, to_number, status, due_at)
-SELECT id, seq, to_number, status, next_attempt_at
+INSERT INTO call_queue (call_id, seq, to_number, status, due_at, lane)
+SELECT id, seq, to_number, status, next_attempt_at,
+       coalesce(campaign_id, '00000000-0000-0000-0000-000000000000')
 FROM calls
 WHERE status IN ('PENDING', 'IN_PROGRESS')
 ON CONFLICT (call_id) DO NOTHING;
@@ -35,6 +37,7 @@ WHERE NOT EXISTS (
     SELECT 1 FROM calls c
     WHERE c.id = q.call_id
       AND c.status IN ('PENDING', 'IN_PROGRESS')
-      AND (c.seq, c.to_number, c.status, c.next_attempt_at)
-          IS NOT DISTINCT FROM (q.seq, q.to_number, q.status, q.due_at)
+      AND (c.seq, c.to_number, c.status, c.next_attempt_at,
+           coalesce(c.campaign_id, '00000000-0000-0000-0000-000000000000'))
+          IS NOT DISTINCT FROM (q.seq, q.to_number, q.status, q.due_at, q.lane)
 );

@@ -2,7 +2,8 @@
 -- holding it back: its number suppressed (it is cancelled at its turn), its notAfter passed
 -- (it expires), what its schedule waits for and until when (its notBefore, its calling
 -- window, its number's daily limit, or a deadline that comes before its window opens), its
--- backoff, its number busy with another call, or the cap being full.
+-- backoff, its campaign (paused, cancelled, not started, ended, its cap full), its number
+-- busy with another call, or the cap being full.
 --   psql "$DATABASE_URL" -v call_id=<uuid> -v cap=30 -f sql/ops/why_waiting.sql
 -- `cap` is the service's MAX_CONCURRENT_CALLS. The calling window is computed by the
 -- service, not here: a call said to be claimable is still checked against its window, its
@@ -28,6 +29,15 @@ SELECT c.id,
                'deadline passed: notAfter '
                || to_char(c.not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"')
                || '; it expires without being dialed'
+           WHEN k.status = 'PAUSED' THEN 'campaign paused (' || k.name || '): dialed once it is resumed'
+           WHEN k.status = 'CANCELLED' THEN 'campaign cancelled (' || k.name || '): the call is being cancelled'
+           WHEN k.end_at <= now() THEN
+               'campaign ended (' || k.name || ') at '
+               || to_char(k.end_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"')
+               || ': it expires without being dialed'
+           WHEN k.start_at > now() THEN
+               'campaign not started (' || k.name || '): it starts '
+               || to_char(k.start_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"')
            WHEN c.waiting_for IS NOT NULL AND c.next_attempt_at > now() THEN
                CASE c.waiting_for
                    WHEN 'CALLING_WINDOW' THEN
@@ -53,6 +63,10 @@ SELECT c.id,
                'backoff: due in ' || date_trunc('second', c.next_attempt_at - now())
                || COALESCE(' after: ' || c.last_error, '')
            WHEN w.number_busy THEN 'number busy: another call to ' || c.to_number || ' is in progress'
+           WHEN k.max_concurrent_calls <= (
+               SELECT count(*) FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS'
+           ) THEN 'campaign cap full (' || k.name || '): ' || k.max_concurrent_calls
+                  || ' of its calls in progress (maxConcurrentCalls)'
            WHEN s.in_progress >= :cap THEN 'cap full: ' || s.in_progress || ' of ' || :cap || ' slots in use'
            ELSE 'claimable now: ' || (
                SELECT count(*) FROM calls_waiting ahead
@@ -64,6 +78,7 @@ SELECT c.id,
 FROM calls c
 CROSS JOIN slots s
 LEFT JOIN calls_waiting w ON w.id = c.id
+LEFT JOIN campaigns k ON k.id = c.campaign_id
 LEFT JOIN suppressions sup
        ON sup.number = c.to_number AND (sup.expires_at IS NULL OR sup.expires_at > now())
 WHERE c.id = :'call_id';

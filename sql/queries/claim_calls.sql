@@ -87,7 +87,7 @@ queued AS MATERIALIZED (
               WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
           )
         ORDER BY q.due_at, q.seq
-        LIMIT quota.n * 2 + 4
+        LIMIT quota.n + greatest(quota.n, 2)
     ) x
 ),
 -- Then locks the call rows themselves, by key, and re-checks them as they are once locked

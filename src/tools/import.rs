@@ -2,8 +2,11 @@
 //! route of a running service, with a progress bar and a per-row report.
 //!
 //! Columns: `to`, `scriptId`, optionally `notBefore`, `notAfter` (RFC 3339) and `timezone`
-//! (IANA), and any number of `metadata.<key>` (text values; empty cells are left out). Rows are checked here first with the service's own rules; the valid ones
-//! are sent in batches of up to 1000 and created in file order, the others reported.
+//! (IANA), and any number of `metadata.<key>` (text values; empty cells are left out). Rows
+//! are checked here first with the service's own rules; the valid ones are sent in batches
+//! of up to 1000 and created in file order, the others reported. With `--campaign ID` they
+//! go to that campaign (`POST /api/v1/campaigns/{ID}/calls`), and `scriptId` may be left
+//! empty when the campaign has one.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -39,8 +42,12 @@ pub struct ImportArgs {
     pub batch_size: u16,
     /// The file is a suppression (do-not-call) list, not calls: columns `number`, `reason`
     /// and optionally `expiresAt` (RFC 3339), sent to `POST /api/v1/suppressions/batch`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "campaign")]
     pub suppressions: bool,
+    /// Add the calls to this campaign (`POST /api/v1/campaigns/{ID}/calls`): its rules apply
+    /// to them, and rows may leave `scriptId` empty (or the column out) when it has one.
+    #[arg(long, value_name = "ID")]
+    pub campaign: Option<uuid::Uuid>,
 }
 
 /// The file's reader and its header row; cells trimmed, every row as wide as the header.
@@ -162,12 +169,25 @@ pub struct ImportReport {
 /// A valid row: its line and the call's JSON body.
 pub type Row = (u64, Value);
 
-/// Reads and checks the file: the valid calls (with their lines) and the rejected rows.
-pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Rejected>)> {
+/// A script that stands for the campaign's while rows are checked here.
+const CAMPAIGN_SCRIPT: &str = "campaign-script";
+
+/// Reads and checks the file: the valid calls (with their lines) and the rejected rows. With
+/// `campaign_script` (the rows go to a campaign that has a script), a row may leave
+/// `scriptId` out.
+pub fn read_rows(
+    file: &std::path::Path,
+    campaign_script: bool,
+) -> anyhow::Result<(Vec<Row>, Vec<Rejected>)> {
     let (mut reader, headers) = open_csv(file)?;
     let column = |name: &str| headers.iter().position(|h| h == name);
     let to_at = column("to").context("the CSV has no `to` column")?;
-    let script_at = column("scriptId").context("the CSV has no `scriptId` column")?;
+    let script_at = column("scriptId");
+    if script_at.is_none() && !campaign_script {
+        anyhow::bail!(
+            "the CSV has no `scriptId` column (only a campaign with a script may do without)"
+        );
+    }
     let metadata_at: Vec<(usize, String)> = headers
         .iter()
         .enumerate()
@@ -215,10 +235,18 @@ pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Reject
             }
             schedule.insert((*name).to_owned(), Value::from(value));
         }
-        match CallPayload::parse(record.get(to_at), record.get(script_at), Some(&metadata)) {
+        let script = script_at
+            .and_then(|i| record.get(i))
+            .filter(|s| !s.is_empty() || !campaign_script);
+        let campaigns = script.is_none();
+        let script = script.or(campaign_script.then_some(CAMPAIGN_SCRIPT));
+        match CallPayload::parse(record.get(to_at), script, Some(&metadata)) {
             Ok(payload) if problems.is_empty() => {
                 let mut call = payload.to_json();
                 if let Value::Object(fields) = &mut call {
+                    if campaigns {
+                        fields.remove("scriptId");
+                    }
                     fields.extend(schedule);
                 }
                 valid.push((line, call))
@@ -243,15 +271,27 @@ pub fn read_rows(file: &std::path::Path) -> anyhow::Result<(Vec<Row>, Vec<Reject
 
 /// Runs the import and prints its report; `Ok` with rejected rows still in the report.
 pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
+    let campaign_script = match args.campaign {
+        Some(id) if !args.dry_run => campaign_has_script(&args, id).await?,
+        // A dry run does not ask the service: a row without a script passes here, and the
+        // service refuses it if the campaign has none.
+        Some(_) => true,
+        None => false,
+    };
     let (valid, mut rejected) = if args.suppressions {
         read_suppressions(&args.file)?
     } else {
-        read_rows(&args.file)?
+        read_rows(&args.file, campaign_script)?
     };
+    let campaign_route = args.campaign.map(|id| format!("campaigns/{id}/calls"));
     let (route, field, noun) = if args.suppressions {
         ("suppressions/batch", "suppressions", "suppressions")
     } else {
-        ("calls/batch", "calls", "calls")
+        (
+            campaign_route.as_deref().unwrap_or("calls/batch"),
+            "calls",
+            "calls",
+        )
     };
     let mut report = ImportReport {
         rows: valid.len() + rejected.len(),
@@ -282,7 +322,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
             }
             // The same batch always carries the same key, so a batch sent again after a
             // lost answer (here, or by running the import again) is never stored twice.
-            let key = batch_key(index, &body);
+            let key = batch_key(args.campaign, index, &body);
             let mut tries = 0;
             // 503s in a row: the service asks to slow down (or its database is restarting);
             // the batch is sent again, with the same key, for up to about five minutes.
@@ -384,9 +424,44 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ImportReport> {
 
 /// The Idempotency-Key of the `index`-th batch of an import: a hash of its position and of
 /// the calls it holds.
-fn batch_key(index: usize, body: &Value) -> String {
+/// Whether campaign `id` has a script of its own (so rows may leave theirs out); an error
+/// naming the problem when the service does not know it or it takes no calls.
+async fn campaign_has_script(args: &ImportArgs, id: uuid::Uuid) -> anyhow::Result<bool> {
+    let url = format!("{}/api/v1/campaigns/{id}", args.url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(30));
+    if let Some(key) = &args.api_key {
+        request = request.bearer_auth(key);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the service at {}", args.url))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "campaign {id}: {} ({status})",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("refused by the service")
+        );
+    }
+    if body["data"]["status"] == "CANCELLED" {
+        anyhow::bail!("campaign {id} is CANCELLED: it takes no calls");
+    }
+    Ok(body["data"]["scriptId"].is_string())
+}
+
+fn batch_key(campaign: Option<uuid::Uuid>, index: usize, body: &Value) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{index}:{body}").as_bytes());
+    // A campaign's batches name it, so one file imported into two campaigns is two imports.
+    let text = match campaign {
+        Some(id) => format!("{id}:{index}:{body}"),
+        None => format!("{index}:{body}"),
+    };
+    let digest = Sha256::digest(text.as_bytes());
     format!("import-{}", hex::encode(&digest[..16]))
 }
 

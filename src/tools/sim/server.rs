@@ -61,6 +61,9 @@ pub struct Status {
     pub peak_active: usize,
     /// Most calls active at once to one number (above 1 is a service bug).
     pub peak_per_number: usize,
+    /// Most calls active at once in each group: the `group` of the dial's metadata (a
+    /// campaign's calls tagged by whoever created them), where the dialect carries metadata.
+    pub peak_per_group: BTreeMap<String, usize>,
     /// Final statuses sent, by status.
     pub outcomes: BTreeMap<String, u64>,
     pub webhooks_sent: u64,
@@ -91,6 +94,8 @@ struct State {
     /// Where webhooks go when the dial does not say (`--webhook-url`, or set later).
     webhook_url: Option<String>,
     per_number: HashMap<String, usize>,
+    /// The group of each active call that has one (see `Status::peak_per_group`).
+    groups: HashMap<String, String>,
     status: Status,
     /// When final webhooks were sent and acknowledged, oldest first, each waiting for the
     /// dial that refills its slot.
@@ -161,6 +166,7 @@ impl Simulator {
                 dials: VecDeque::new(),
                 webhook_url: config.webhook_url.clone(),
                 per_number: HashMap::new(),
+                groups: HashMap::new(),
                 status: Status::default(),
                 acks: VecDeque::new(),
                 refills: Vec::new(),
@@ -397,6 +403,18 @@ impl Simulator {
             state
                 .refills_from_send
                 .push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+        if let Some(group) = state
+            .calls
+            .get(&id)
+            .and_then(|c| c.metadata.get("group"))
+            .and_then(|g| g.as_str())
+            .map(str::to_owned)
+        {
+            state.groups.insert(id.clone(), group.clone());
+            let now = state.groups.values().filter(|g| **g == group).count();
+            let peak = state.status.peak_per_group.entry(group).or_default();
+            *peak = (*peak).max(now);
         }
         let span = config.max_duration.saturating_sub(config.min_duration);
         let duration = config.min_duration + span.mul_f64(state.rng.f64());

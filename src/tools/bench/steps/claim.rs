@@ -138,6 +138,70 @@ async fn add_waiting_calls(pool: &PgPool, count: u32, offset: u64) -> anyhow::Re
     Ok(())
 }
 
+/// Fills `campaigns` campaigns with `per_campaign` PENDING calls each (plus `extra` more in
+/// the campaigns the claim serves): a third paused (their calls due), a third with a
+/// calling window of their own that is closed now (their calls waiting for its opening, as
+/// the service stores them), a third active and open. Returns how many calls it made.
+async fn add_campaigns(
+    pool: &PgPool,
+    campaigns: u32,
+    per_campaign: u32,
+    extra: u32,
+    offset: u64,
+) -> anyhow::Result<u64> {
+    use chrono::Timelike;
+    let opens = chrono::Utc::now() + chrono::Duration::hours(6);
+    let closed_window = format!("{:02}:00-{:02}:00", opens.hour(), (opens.hour() + 2) % 24);
+    let open_count = campaigns.div_ceil(3);
+    let mut made = 0u64;
+    for k in 0..campaigns {
+        let id = uuid::Uuid::now_v7();
+        let (status, window) = match k % 3 {
+            0 => ("ACTIVE", None),
+            1 => ("PAUSED", None),
+            _ => ("ACTIVE", Some(closed_window.as_str())),
+        };
+        sqlx::query(
+            "INSERT INTO campaigns (id, name, status, window_hours, max_concurrent_calls)              VALUES ($1, $2, $3::campaign_status, $4, 50)",
+        )
+        .bind(id)
+        .bind(format!("bench {k}"))
+        .bind(status)
+        .bind(window)
+        .execute(pool)
+        .await?;
+        let count = per_campaign
+            + if k % 3 == 0 {
+                extra.div_ceil(open_count)
+            } else {
+                0
+            };
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(100_000);
+            let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+            sqlx::query(
+                "INSERT INTO calls (id, to_number, script_id, timezone, next_attempt_at, waiting_for, campaign_id)
+                 SELECT new.id, '+1' || (2000000000 + $1 + new.g)::text, 'bench', 'UTC',
+                        CASE WHEN $4 THEN $5 ELSE now() END,
+                        CASE WHEN $4 THEN 'CALLING_WINDOW' END, $3
+                 FROM unnest($2::uuid[]) WITH ORDINALITY AS new (id, g)
+                 ORDER BY new.g",
+            )
+            .bind((offset + made) as i64)
+            .bind(&ids)
+            .bind(id)
+            .bind(window.is_some())
+            .bind(opens.with_minute(0).unwrap_or(opens))
+            .execute(pool)
+            .await?;
+            done += n;
+            made += u64::from(n);
+        }
+    }
+    Ok(made)
+}
+
 /// A calling window open now in UTC (for three hours, from an hour ago), closed at UTC+12.
 fn window_open_in_utc() -> Rules {
     use crate::domain::schedule::{CallingWindow, Days, Hours};
@@ -159,7 +223,7 @@ fn window_open_in_utc() -> Rules {
 }
 
 /// Step 5: the claim with a shallow queue, a deep one, one with half its calls outside their
-/// calling window, and after a million calls of churn.
+/// calling window, one shared by a hundred campaigns, and after a million calls of churn.
 ///
 /// Each deep figure is measured in turns with the shallow one and read against it run by run.
 pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
@@ -210,6 +274,27 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
     )
     .await?;
     reference.extend(windowed_reference);
+    // A hundred campaigns share the queue: a third paused (their lanes are never read), a
+    // third outside their own window (their calls wait for its opening), a third served
+    // round-robin under their caps.
+    eprintln!("bench: filling 100 campaigns with {rows} PENDING calls…");
+    let (_url, campaigned) = fresh_database(cluster, "bench_claim_campaigns", 4).await?;
+    let campaigned_upkeep = tokio::spawn(crate::worker::keep_queue_lean(
+        campaigned.clone(),
+        upkeep.clone(),
+    ));
+    add_campaigns(&campaigned, 100, rows / 100, measured, 60_000_000).await?;
+    sqlx::query("ANALYZE").execute(&campaigned).await?;
+    let mut campaigns_reference = Vec::new();
+    let (campaigns, mut campaigns_ratios) = claim_runs(
+        &mut shallow,
+        &campaigned,
+        (args.runs, claims),
+        &Rules::OFF,
+        &mut campaigns_reference,
+    )
+    .await?;
+    reference.extend(campaigns_reference);
     eprintln!("bench: {rows} calls of churn through the claim…");
     add_calls(&pool, rows + measured, 30_000_000, false).await?;
     let churn_started = Instant::now();
@@ -246,6 +331,7 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
         task.await?;
     }
     windowed_upkeep.await?;
+    campaigned_upkeep.await?;
     let against = |ratios: &mut Vec<f64>| {
         ratios.sort_by(f64::total_cmp);
         format!(
@@ -257,6 +343,7 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
     };
     let (deep_against, after_against) = (against(&mut deep_ratios), against(&mut after_ratios));
     let half_out_against = against(&mut half_out_ratios);
+    let campaigns_against = against(&mut campaigns_ratios);
     Ok(vec![
         figure(
             "claim of 10 calls, 1,000 PENDING",
@@ -275,6 +362,14 @@ pub async fn claim(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
             "ms",
             half_out,
             half_out_against,
+        ),
+        figure(
+            &format!(
+                "claim of 10 calls, 100 campaigns, {rows} PENDING, a third paused, a third outside their window"
+            ),
+            "ms",
+            campaigns,
+            campaigns_against,
         ),
         figure(
             &format!("claim of 10 calls, right after {rows} calls of churn"),

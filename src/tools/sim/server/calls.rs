@@ -52,6 +52,7 @@ impl Simulator {
         let body = self.advance(&id, ended, sequence);
         {
             let mut state = self.state.lock().expect("simulator state");
+            state.groups.remove(&id);
             if let Some(number) = state.active.remove(&id)
                 && let Some(n) = state.per_number.get_mut(&number)
             {
