@@ -434,6 +434,34 @@ async fn calls_join_a_campaign_on_create_or_by_its_route() {
 }
 
 #[tokio::test]
+async fn a_keyed_request_repeated_after_its_campaign_was_cancelled_answers_its_calls() {
+    let app = TestApp::spawn().await;
+    let id = campaign(&app, json!({"name": "c", "scriptId": "s"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let send = async |key: &str, to: &str| {
+        let response = app
+            .client
+            .post(app.url(&format!("/api/v1/campaigns/{id}/calls")))
+            .header("Idempotency-Key", key)
+            .json(&json!({"calls": [{"to": to}]}))
+            .send()
+            .await
+            .unwrap();
+        common::read(response).await
+    };
+    let (status, first) = send("k-1", "+14155550100").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    act(&app, &id, "cancel").await;
+    let (status, again) = send("k-1", "+14155550100").await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["data"][0]["id"], first["data"][0]["id"]);
+    let (status, body) = send("k-2", "+14155550101").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CAMPAIGN_CANCELLED");
+}
+
+#[tokio::test]
 async fn pause_resume_and_cancel_move_only_from_where_they_may() {
     let app = TestApp::spawn().await;
     let id = campaign(&app, json!({"name": "c", "scriptId": "s"})).await["id"]
@@ -873,10 +901,10 @@ async fn a_campaigns_window_start_and_end_narrow_the_global_ones() {
 
     // Due now anyway (an operator moved them), the claim still holds them back.
     sqlx::query(
-        "UPDATE calls SET next_attempt_at = now() WHERE campaign_id IN ($1::uuid, $2::uuid)",
+        "UPDATE calls SET next_attempt_at = now() WHERE campaign_id = $1::uuid OR id = $2::uuid",
     )
     .bind(&ids[0].0)
-    .bind(&ids[2].0)
+    .bind(ids[2].1[0]["id"].as_str().unwrap())
     .execute(&app.pool)
     .await
     .unwrap();
@@ -920,9 +948,25 @@ async fn a_campaigns_window_start_and_end_narrow_the_global_ones() {
             "{call}"
         );
     }
-    // The unstarted one's calls are still pending.
-    let early = app.call(ids[2].1[0]["id"].as_str().unwrap()).await;
+    // The unstarted one's calls are still pending; its start brought forward, the one
+    // still waiting for the old start falls due now and is dialed.
+    let early = app.call(ids[2].1[1]["id"].as_str().unwrap()).await;
     assert_eq!(early["status"], "PENDING");
+    let (status, body) = app
+        .patch(
+            &format!("/api/v1/campaigns/{}", ids[2].0),
+            json!({"startAt": null}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let early = app.call(ids[2].1[1]["id"].as_str().unwrap()).await;
+    let due: DateTime<Utc> = early["nextAttemptAt"].as_str().unwrap().parse().unwrap();
+    assert!(due <= Utc::now(), "{early}");
+    dispatcher.run_once().await.unwrap();
+    assert_eq!(
+        app.call(ids[2].1[1]["id"].as_str().unwrap()).await["status"],
+        "IN_PROGRESS"
+    );
 }
 
 #[tokio::test]

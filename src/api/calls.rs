@@ -95,7 +95,7 @@ impl CallsApi {
     ) -> Result<CreatedCall, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
         let campaign = match body.0.campaign_id {
-            Some(id) => Some((id, open_campaign(&state.pool, id).await?)),
+            Some(id) => Some((id, open_campaign(&state.pool, id, key.is_some()).await?)),
             None => None,
         };
         let call = parse_request(
@@ -170,7 +170,8 @@ impl CallsApi {
         request: &poem::Request,
     ) -> Result<CreatedCalls, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
-        let as_sent = parse_batch(&state.pool, body.0.calls, &state.rules, None).await?;
+        let as_sent =
+            parse_batch(&state.pool, body.0.calls, &state.rules, None, key.is_some()).await?;
         create_batch(
             state.0,
             request,

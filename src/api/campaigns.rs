@@ -398,8 +398,15 @@ impl CampaignsApi {
         request: &poem::Request,
     ) -> Result<CreatedCalls, ApiError> {
         let key = checked_key(&idempotency_key, request)?;
-        open_campaign(&state.pool, id.0).await?;
-        let as_sent = parse_batch(&state.pool, body.0.calls, &state.rules, Some(id.0)).await?;
+        open_campaign(&state.pool, id.0, key.is_some()).await?;
+        let as_sent = parse_batch(
+            &state.pool,
+            body.0.calls,
+            &state.rules,
+            Some(id.0),
+            key.is_some(),
+        )
+        .await?;
         create_batch(
             state.0,
             request,

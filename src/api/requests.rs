@@ -267,12 +267,13 @@ fn parse_zone(name: &str) -> Result<chrono_tz::Tz, FieldError> {
 /// The calls of a batch, all valid, in order; else a 400 naming each bad item by its index.
 /// Items may name their campaign (`campaignId`), or `route_campaign` is every item's (the
 /// route of a campaign's calls, whose items name none); an unknown campaign is 404, a
-/// cancelled one 409, for the whole batch.
+/// cancelled one 409, for the whole batch (see [`open_campaign`] for `keyed`).
 pub(super) async fn parse_batch(
     pool: &sqlx::PgPool,
     items: Vec<BatchItem>,
     rules: &Rules,
     route_campaign: Option<Uuid>,
+    keyed: bool,
 ) -> Result<Vec<NewCall>, ApiError> {
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(ApiError::bad_request(
@@ -312,7 +313,7 @@ pub(super) async fn parse_batch(
         if let Some(id) = route_campaign.or(req.campaign_id)
             && !campaigns.iter().any(|(known, _)| *known == id)
         {
-            campaigns.push((id, open_campaign(pool, id).await?));
+            campaigns.push((id, open_campaign(pool, id, keyed).await?));
         }
     }
     let mut calls = Vec::with_capacity(total);
@@ -342,15 +343,18 @@ pub(super) async fn parse_batch(
     Ok(calls)
 }
 
-/// A campaign calls may be added to: 404 unknown, 409 cancelled.
+/// A campaign calls may be added to: 404 unknown, 409 cancelled. Under an
+/// `Idempotency-Key` (`keyed`) a cancelled one passes here: the create refuses it after
+/// looking for the key, so a repeat of a request made before the cancel answers its calls.
 pub(super) async fn open_campaign(
     pool: &sqlx::PgPool,
     id: Uuid,
+    keyed: bool,
 ) -> Result<CampaignForCalls, ApiError> {
     let campaign = crate::db::campaign_for_calls(pool, id)
         .await
         .map_err(|err| ApiError::from_db(err, id))?;
-    if !campaign.status.is_open() {
+    if !campaign.status.is_open() && !keyed {
         return Err(ApiError::campaign(
             crate::db::CampaignRefusal::Status(id, campaign.status),
             "take calls",

@@ -290,6 +290,25 @@ where
     .await?;
     let counts = counts_of(&mut *tx, &[id]).await?;
     tx.commit().await?;
+    // Calls that wait for the old start wait for the new one instead, when it is earlier.
+    if let Some(old) = current.settings.rules.start_at
+        && settings.rules.start_at.is_none_or(|new| new < old)
+    {
+        loop {
+            let moved: i64 = sqlx::query_scalar(include_str!(
+                "../../sql/queries/bring_forward_campaign_calls.sql"
+            ))
+            .bind(id)
+            .bind(old)
+            .bind(settings.rules.start_at)
+            .bind(CANCEL_BATCH as i64)
+            .fetch_one(pool)
+            .await?;
+            if moved < CANCEL_BATCH as i64 {
+                break;
+            }
+        }
+    }
     // A cap raised, a start brought forward: the dispatchers may have calls to claim now.
     super::notify_dispatchers(pool).await;
     Ok(Ok(row.into_campaign(counts_for(&counts, id))))
