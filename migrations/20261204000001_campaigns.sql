@@ -51,8 +51,8 @@ ALTER TABLE call_queue
     ADD COLUMN lane uuid NOT NULL DEFAULT '00000000-0000-0000-0000-000000000000';
 CREATE INDEX call_queue_pending_by_lane
     ON call_queue (lane, due_at, seq) INCLUDE (call_id, to_number) WHERE status = 'PENDING';
--- The lane index serves the calls of no campaign in the same order.
-DROP INDEX call_queue_pending_in_due_order;
+-- call_queue_pending_in_due_order stays for now: replicas of the previous version, still
+-- running during a rolling upgrade, claim through it. A later migration drops it.
 
 -- Which lane the claim served last, so that free slots go round-robin between the lanes of
 -- one priority. Written only by claims, under the claim lock.
@@ -84,9 +84,13 @@ CREATE INDEX campaign_count_changes_by_campaign ON campaign_count_changes (campa
 
 -- The triggers of the call_queue migration, now also keeping the lane, the counts and the
 -- campaign's status: COMPLETED when a statement leaves none of its calls open, ACTIVE
--- again when one is added. (Two transactions that end a campaign's last two calls at once
--- each see the other's call still open; the sweeper completes such a campaign on its next
--- pass, db::settle_campaigns.)
+-- again when one is added. Completing never waits for a lock (the claim's own expiries and
+-- cancels come through here, under the claim lock): a campaign row someone holds (a create
+-- adding calls to it, a PATCH) is left to the sweeper, as is a campaign whose last two
+-- calls end at once in two transactions (each sees the other's still open); the sweeper
+-- completes them on its next pass (db::settle_campaigns). The check is made again after
+-- the row is locked, in a statement of its own, so with a snapshot that sees every
+-- transaction that added calls and committed before.
 CREATE OR REPLACE FUNCTION call_queue_added() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
@@ -125,6 +129,8 @@ $$;
 
 CREATE OR REPLACE FUNCTION calls_changed() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
+DECLARE
+    done uuid[];
 BEGIN
     DELETE FROM call_queue
     WHERE call_id = ANY (ARRAY(
@@ -158,14 +164,27 @@ BEGIN
         ) moved
         GROUP BY campaign_id, status
         HAVING sum(delta) <> 0;
-        UPDATE campaigns k SET status = 'COMPLETED', updated_at = now()
-        WHERE k.id = ANY (ARRAY(
-            SELECT DISTINCT campaign_id FROM changed
-            WHERE campaign_id IS NOT NULL AND status NOT IN ('PENDING', 'IN_PROGRESS')
-        ))
-          AND k.status = 'ACTIVE'
-          AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING')
-          AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS');
+        done := ARRAY(
+            SELECT k.id FROM campaigns k
+            WHERE k.id = ANY (ARRAY(
+                SELECT DISTINCT campaign_id FROM changed
+                WHERE campaign_id IS NOT NULL AND status NOT IN ('PENDING', 'IN_PROGRESS')
+            ))
+              AND k.status = 'ACTIVE'
+              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING')
+              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS')
+        );
+        IF cardinality(done) > 0 THEN
+            done := ARRAY(
+                SELECT id FROM campaigns WHERE id = ANY (done)
+                ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+            );
+            UPDATE campaigns k SET status = 'COMPLETED', updated_at = now()
+            WHERE k.id = ANY (done)
+              AND k.status = 'ACTIVE'
+              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING')
+              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS');
+        END IF;
     END IF;
     IF EXISTS (SELECT 1 FROM changed WHERE status <> 'IN_PROGRESS') THEN
         PERFORM pg_notify('call_orchestrator_wakeup', '');

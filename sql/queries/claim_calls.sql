@@ -18,17 +18,17 @@
 -- releases (webhooks, expiry) can only lower the counts, which makes the checks err towards
 -- admitting fewer, never more. The counts are taken from call_queue, which the triggers on
 -- `calls` keep in step within the same transactions, so they are the counts of calls
--- IN_PROGRESS, in all and per campaign (its lane). A pause or cancel takes the claim lock
+-- IN_PROGRESS, in all and per campaign (its lane), counted once (`busy`). A pause or cancel takes the claim lock
 -- too, so no claim that began before it commits after it. The same lock makes the daily
 -- count per number exact: only claims add attempts. Time is `statement_timestamp()`, taken
 -- after the lock was granted: `now()` is the transaction's start, before the wait for the
 -- lock, and a call judged by it could be dialed after its window closed or its deadline
 -- passed by as long as that wait.
 WITH busy AS MATERIALIZED (
-    SELECT lane FROM call_queue WHERE status = 'IN_PROGRESS'
+    SELECT lane, count(*) AS n FROM call_queue WHERE status = 'IN_PROGRESS' GROUP BY lane
 ),
 wanted AS (
-    SELECT least($2, greatest($1 - count(*), 0)) AS n FROM busy
+    SELECT least($2, greatest($1 - coalesce(sum(n), 0), 0))::bigint AS n FROM busy
 ),
 lanes AS (
     SELECT '00000000-0000-0000-0000-000000000000'::uuid AS lane, 5::smallint AS priority,
@@ -38,14 +38,15 @@ lanes AS (
     UNION ALL
     SELECT k.id, k.priority,
            least((SELECT n FROM wanted),
-                 coalesce(k.max_concurrent_calls - (SELECT count(*) FROM busy b WHERE b.lane = k.id),
-                          (SELECT n FROM wanted))),
+                 coalesce(k.max_concurrent_calls - coalesce(b.n, 0), (SELECT n FROM wanted))),
            k.window_hours, k.window_days, k.start_at, k.end_at
     FROM campaigns k
+    LEFT JOIN busy b ON b.lane = k.id
     WHERE k.status = 'ACTIVE'
       AND (k.start_at IS NULL OR k.start_at <= statement_timestamp())
 ),
--- The lanes with room and a call due, and when each was last served.
+-- The lanes with room and a call due to a number not in progress, and when each was last
+-- served.
 ready AS MATERIALIZED (
     SELECT l.*, coalesce(t.turn, 0) AS turn
     FROM lanes l
@@ -55,6 +56,10 @@ ready AS MATERIALIZED (
       AND EXISTS (
           SELECT 1 FROM call_queue q
           WHERE q.lane = l.lane AND q.status = 'PENDING' AND q.due_at <= statement_timestamp()
+            AND NOT EXISTS (
+                SELECT 1 FROM call_queue busy
+                WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
+            )
       )
 ),
 -- How many calls to read of each lane: the free slots dealt out one per lane in turn, the
@@ -117,6 +122,8 @@ SELECT cand.id,
        r.priority,
        r.turn,
        r.lane_free,
+       qu.n AS quota,
+       (SELECT array_agg(lane) FROM quota) AS quota_lanes,
        r.window_hours,
        r.window_days,
        r.start_at,
@@ -136,6 +143,7 @@ SELECT cand.id,
 FROM candidates cand
 JOIN queued q ON q.call_id = cand.id
 JOIN ready r ON r.lane = q.lane
+JOIN quota qu ON qu.lane = q.lane
 LEFT JOIN suppressions s
        ON s.number = cand.to_number AND (s.expires_at IS NULL OR s.expires_at > statement_timestamp())
 ORDER BY r.priority DESC, r.turn, r.lane, cand.next_attempt_at, cand.seq

@@ -66,12 +66,21 @@ fn answer(campaign: crate::domain::Campaign) -> Json<CampaignEnvelope> {
     })
 }
 
-/// A campaign's settings as sent, checked against the rules in force; `end_sent`: whether
-/// `endAt` was sent now (only a new one must be ahead).
+/// What of a campaign's settings came with this request: only a new `endAt` must be ahead,
+/// and only a new `callingWindow` is checked against the service's window (a stored one
+/// that the service's has since narrowed keeps working, narrowed in turn, and does not make
+/// every later PATCH fail).
+#[derive(Clone, Copy)]
+struct Sent {
+    end: bool,
+    window: bool,
+}
+
+/// A campaign's settings as sent, checked against the rules in force.
 fn settings(
     req: CreateCampaignRequest,
     rules: &Rules,
-    end_sent: bool,
+    sent: Sent,
 ) -> Result<CampaignSettings, Vec<FieldError>> {
     let mut errors = Vec::new();
     let name = req.name.0.trim().to_owned();
@@ -116,7 +125,7 @@ fn settings(
             .map_err(|e| errors.extend(e))
             .ok()
             .filter(|window| {
-                let narrows = narrows(window, &rules.window);
+                let narrows = !sent.window || narrows(window, &rules.window);
                 if !narrows {
                     errors.push(FieldError::new(
                         "callingWindow",
@@ -137,7 +146,7 @@ fn settings(
         .end_at
         .and_then(|at| instant(at, "endAt").map_err(|e| errors.push(e)).ok());
     if let Some(end) = end_at {
-        if end_sent && end <= chrono::Utc::now() {
+        if sent.end && end <= chrono::Utc::now() {
             errors.push(FieldError::new("endAt", "`endAt` must be in the future"));
         }
         if start_at.is_some_and(|start| end <= start) {
@@ -221,7 +230,11 @@ impl CampaignsApi {
         state: Data<&Arc<ApiState>>,
         body: Json<CreateCampaignRequest>,
     ) -> Result<CreatedCampaign, ApiError> {
-        let settings = settings(body.0, &state.rules, true).map_err(ApiError::validation)?;
+        let sent = Sent {
+            end: true,
+            window: true,
+        };
+        let settings = settings(body.0, &state.rules, sent).map_err(ApiError::validation)?;
         let campaign = db::create_campaign(&state.pool, &settings).await?;
         tracing::info!(campaign_id = %campaign.id, name = %campaign.settings.name, "campaign created");
         Ok(CreatedCampaign::Created(answer(campaign)))
@@ -303,7 +316,10 @@ impl CampaignsApi {
             )]));
         }
         let patch = body.0.clone();
-        let end_sent = patch.get("endAt").is_some_and(|v| !v.is_null());
+        let sent = Sent {
+            end: patch.get("endAt").is_some_and(|v| !v.is_null()),
+            window: patch.get("callingWindow").is_some_and(|v| !v.is_null()),
+        };
         let result = db::update_campaign(&state.pool, id.0, |current| {
             let mut merged = settings_json(&Campaign::of(current.clone()));
             merge_patch(&mut merged, &patch);
@@ -313,7 +329,7 @@ impl CampaignsApi {
                     format!("not valid campaign settings: {}", err.into_message()),
                 )]
             })?;
-            settings(req, &state.rules, end_sent)
+            settings(req, &state.rules, sent)
         })
         .await
         .map_err(|err| match err {

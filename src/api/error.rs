@@ -237,11 +237,8 @@ fn classify(err: &poem::Error, status: StatusCode) -> (&'static str, String) {
         );
     }
     if err.is::<ParsePathError>() {
-        // The only path parameter of this API is a call id.
-        return (
-            "INVALID_ID",
-            "the call id in the path is not a UUID".to_owned(),
-        );
+        // The path parameters that can fail to parse are the ids of calls and campaigns.
+        return ("INVALID_ID", "the id in the path is not a UUID".to_owned());
     }
     if let Some(e) = err.downcast_ref::<ContentTypeError>() {
         let message = match e {

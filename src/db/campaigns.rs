@@ -345,7 +345,9 @@ pub async fn act_on_campaign(
     sqlx::query(
         "UPDATE campaigns k SET status = CASE WHEN $2 = 'ACTIVE' AND EXISTS \
              (SELECT 1 FROM calls c WHERE c.campaign_id = k.id) AND NOT EXISTS \
-             (SELECT 1 FROM call_queue q WHERE q.lane = k.id) \
+             (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING') \
+             AND NOT EXISTS (SELECT 1 FROM call_queue q \
+                             WHERE q.lane = k.id AND q.status = 'IN_PROGRESS') \
            THEN 'COMPLETED'::campaign_status ELSE $2 END, updated_at = now() WHERE id = $1",
     )
     .bind(id)
@@ -399,6 +401,19 @@ pub async fn fold_campaign_counts(pool: &PgPool) -> Result<usize, DbError> {
     Ok(folded as usize)
 }
 
+/// Forgets the turns of campaigns the claim no longer serves (finished ones), so that
+/// `dispatch_turns` holds only the lanes in use; one reopened starts with a fresh turn.
+pub async fn forget_turns(pool: &PgPool) -> Result<u64, DbError> {
+    Ok(sqlx::query(
+        "DELETE FROM dispatch_turns t WHERE t.lane <> '00000000-0000-0000-0000-000000000000' \
+         AND NOT EXISTS (SELECT 1 FROM campaigns k WHERE k.id = t.lane \
+                         AND k.status IN ('ACTIVE', 'PAUSED'))",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Mends what the triggers could not see: a campaign whose last two calls ended at once in
 /// two transactions (each saw the other's call open) is `COMPLETED`, and one that got calls
 /// while it was being completed is `ACTIVE` again. Returns how many changed.
@@ -423,6 +438,18 @@ pub(super) async fn hold_open(
     }
     ids.sort_unstable();
     ids.dedup();
+    // A COMPLETED campaign is made ACTIVE first, under its row lock: two creates reopening
+    // it at once would otherwise each hold a shared lock and wait for the other's to update
+    // it (a deadlock).
+    sqlx::query(
+        "UPDATE campaigns SET status = 'ACTIVE', updated_at = now() \
+         WHERE id IN (SELECT id FROM campaigns WHERE id = ANY ($1) AND status = 'COMPLETED' \
+                      ORDER BY id FOR NO KEY UPDATE) \
+           AND status = 'COMPLETED'",
+    )
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
     let found: Vec<(Uuid, CampaignStatus)> = sqlx::query_as(
         "SELECT id, status FROM campaigns WHERE id = ANY ($1) ORDER BY id FOR SHARE",
     )

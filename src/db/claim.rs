@@ -69,6 +69,9 @@ struct CandidateRow {
     turn: i64,
     /// How many calls its lane may have claimed now (its campaign's cap, the global one).
     lane_free: i64,
+    /// How many calls its lane was dealt this round, and every lane dealt some.
+    quota: i64,
+    quota_lanes: Vec<Uuid>,
     window_hours: Option<String>,
     window_days: Option<String>,
     start_at: Option<DateTime<Utc>>,
@@ -90,8 +93,8 @@ struct Sorted {
     cancel: (Vec<Uuid>, Vec<String>),
     /// The lanes served, in the order of their last call admitted (or held back).
     served: Vec<Uuid>,
-    /// Lanes whose every candidate was held back: passed over by the claim's next rounds.
-    held_lanes: Vec<Uuid>,
+    /// How many calls each lane had admitted.
+    admitted: std::collections::HashMap<Uuid, usize>,
 }
 
 impl Sorted {
@@ -178,7 +181,6 @@ fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
     lanes.sort_by_key(|l| (std::cmp::Reverse(l.priority), l.turn, l.id));
     for lane in &lanes {
         if lane.dialable.is_empty() && lane.held > 0 {
-            sorted.held_lanes.push(lane.id);
             sorted.served.push(lane.id);
         }
     }
@@ -223,6 +225,7 @@ fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
     sorted
         .served
         .extend(last_served.into_iter().map(|(_, lane)| lane));
+    sorted.admitted = lanes.iter().map(|l| (l.id, l.admitted)).collect();
     sorted
 }
 
@@ -358,8 +361,28 @@ async fn claim_rounds(
         }));
         served.retain(|lane| !sorted.served.contains(lane));
         served.extend(sorted.served.iter().copied());
-        passed_over.extend(sorted.held_lanes.iter().copied());
-        if !sorted.moved_any() || claimed.len() as u32 >= max || sorted.dial.len() >= free {
+        // Between lanes, a lane that gave fewer calls than it was dealt (its calls held back,
+        // locked, or to numbers in progress) is passed over by the next round, which deals
+        // its slots to the others. A queue of one lane goes on as long as calls are moved
+        // out of its way.
+        let mut came_short = false;
+        if first.ready_lanes > 1 || !passed_over.is_empty() {
+            let quotas: std::collections::HashMap<Uuid, i64> =
+                candidates.iter().map(|c| (c.lane, c.quota)).collect();
+            for lane in &first.quota_lanes {
+                let dealt = quotas.get(lane).copied().unwrap_or(1).max(1) as usize;
+                if sorted.admitted.get(lane).copied().unwrap_or(0) < dealt
+                    && !passed_over.contains(lane)
+                {
+                    passed_over.push(*lane);
+                    came_short = true;
+                }
+            }
+        }
+        if !(sorted.moved_any() || came_short)
+            || claimed.len() as u32 >= max
+            || sorted.dial.len() >= free
+        {
             break;
         }
     }

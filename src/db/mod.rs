@@ -30,7 +30,8 @@ pub use calls::{
 pub use campaigns::{
     CANCEL_BATCH, CampaignAction, CampaignForCalls, CampaignRefusal, act_on_campaign,
     campaign_for_calls, cancel_campaign_calls, create_campaign, end_campaign_calls,
-    fold_campaign_counts, get_campaign, list_campaigns, settle_campaigns, update_campaign,
+    fold_campaign_counts, forget_turns, get_campaign, list_campaigns, settle_campaigns,
+    update_campaign,
 };
 pub use claim::{Claimed, claim, next_due};
 pub use dial::{Accepted, record_accepted_each, record_dial_outcome};
