@@ -103,10 +103,18 @@ BEGIN
         INSERT INTO campaign_count_changes (campaign_id, status, delta)
         SELECT campaign_id, status, count(*) FROM added
         WHERE campaign_id IS NOT NULL GROUP BY campaign_id, status;
+        -- Without waiting: a create reopens its campaigns itself before it inserts
+        -- (db::campaigns::hold_open); one held here by another is left to the sweeper.
         UPDATE campaigns SET status = 'ACTIVE', updated_at = now()
         WHERE id = ANY (ARRAY(
-            SELECT DISTINCT campaign_id FROM added
-            WHERE campaign_id IS NOT NULL AND status IN ('PENDING', 'IN_PROGRESS')
+            SELECT id FROM campaigns
+            WHERE id = ANY (ARRAY(
+                SELECT DISTINCT campaign_id FROM added
+                WHERE campaign_id IS NOT NULL AND status IN ('PENDING', 'IN_PROGRESS')
+            ))
+              AND status = 'COMPLETED'
+            ORDER BY id
+            FOR NO KEY UPDATE SKIP LOCKED
         ))
           AND status = 'COMPLETED';
     END IF;

@@ -53,13 +53,17 @@ ready AS MATERIALIZED (
     LEFT JOIN dispatch_turns t ON t.lane = l.lane
     WHERE l.lane_free > 0
       AND l.lane <> ALL ($4::uuid[])
-      AND EXISTS (
-          SELECT 1 FROM call_queue q
+      -- A scalar subquery, not EXISTS: the planner would turn EXISTS into a join over the
+      -- whole queue; this is a walk of the lane's index from its first due call.
+      AND (
+          SELECT true FROM call_queue q
           WHERE q.lane = l.lane AND q.status = 'PENDING' AND q.due_at <= statement_timestamp()
             AND NOT EXISTS (
                 SELECT 1 FROM call_queue busy
                 WHERE busy.status = 'IN_PROGRESS' AND busy.to_number = q.to_number
             )
+          ORDER BY q.due_at, q.seq
+          LIMIT 1
       )
 ),
 -- How many calls to read of each lane: the free slots dealt out one per lane in turn, the
