@@ -238,6 +238,7 @@ fn begin_claim() -> String {
         "BEGIN ISOLATION LEVEL READ COMMITTED; \
          SELECT set_config('idle_in_transaction_session_timeout', '5s', true), \
                 set_config('jit', 'off', true), \
+                set_config('plan_cache_mode', 'force_generic_plan', true), \
                 pg_advisory_xact_lock({CLAIM_LOCK})"
     )
 }
