@@ -1068,3 +1068,32 @@ async fn a_campaigns_retries_narrow_the_global_ones() {
         "the campaign's own delay (1s, not the global 30ms): {wait}"
     );
 }
+
+#[tokio::test]
+async fn a_call_of_a_cancelled_campaign_is_not_retried() {
+    let provider = FakeProvider::start().await;
+    let app = app_with(&provider, |_| {}).await;
+    let id = campaign(&app, json!({"name": "c", "scriptId": "s"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let calls = add_calls(&app, &id, "c", 0, 1).await;
+    app.dispatcher().await.run_once().await.unwrap();
+    let (status, _) = act(&app, &id, "cancel").await;
+    assert_eq!(status, StatusCode::OK);
+    // Its call in progress runs to its end; a BUSY that would have been retried ends it.
+    let provider_id = provider.received()[0].call_id.clone().unwrap();
+    let query = common::webhook_query(&app.pool, &provider_id).await;
+    let (code, _) = app
+        .webhook(&query, json!({"callId": provider_id, "status": "BUSY"}))
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let call = app.call(calls[0]["id"].as_str().unwrap()).await;
+    assert_eq!(call["status"], "CANCELLED", "{call}");
+    assert_eq!(call["lastError"], "campaign cancelled");
+    let counts = get_campaign(&app, &id).await["counts"].clone();
+    assert_eq!(
+        (counts["CANCELLED"].clone(), counts["total"].clone()),
+        (json!(1), json!(1))
+    );
+}

@@ -26,6 +26,9 @@ pub(crate) struct Locked {
     pub timing: CallTiming,
     /// What its campaign adds to its schedule and retries.
     pub campaign: Option<CampaignRules>,
+    /// Its campaign was cancelled: a retry cancels the call instead (it would never be
+    /// dialed).
+    pub campaign_cancelled: bool,
 }
 
 impl Locked {
@@ -57,6 +60,7 @@ struct LockedCall {
     start_at: Option<DateTime<Utc>>,
     end_at: Option<DateTime<Utc>>,
     retry: Option<serde_json::Value>,
+    campaign_cancelled: Option<bool>,
 }
 
 /// Which attempt of a call to lock.
@@ -82,6 +86,7 @@ pub(crate) async fn lock(
         return Ok(None);
     };
     let (call_status, call_attempts) = (call.status, call.attempts);
+    let campaign_cancelled = call.campaign_cancelled.unwrap_or(false);
     let number = PhoneNumber::from_trusted(call.to_number);
     let timing = CallTiming::stored(call.not_before, call.not_after, call.timezone.as_deref());
     let campaign = call.campaign_id.map(|_| {
@@ -115,6 +120,7 @@ pub(crate) async fn lock(
             number,
             timing,
             campaign,
+            campaign_cancelled,
             state: AttemptState {
                 call_status,
                 call_attempts,
@@ -238,5 +244,13 @@ async fn settle(
         .bind(moved.map(|(_, why)| why))
         .execute(&mut **tx)
         .await?;
+    if locked.campaign_cancelled && matches!(settlement.call, CallMove::Retry { .. }) {
+        // Back to PENDING in a cancelled campaign: cancelled with it at once, as its cancel
+        // did to its other pending calls (the claim never serves a cancelled campaign).
+        sqlx::query(include_str!("../../sql/queries/cancel_campaign_call.sql"))
+            .bind(call_id)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
