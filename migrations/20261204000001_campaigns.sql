@@ -82,6 +82,14 @@ CREATE TABLE campaign_count_changes (
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);
 CREATE INDEX campaign_count_changes_by_campaign ON campaign_count_changes (campaign_id);
 
+-- Whether any call of campaign `campaign` is open (PENDING or IN_PROGRESS): two probes of
+-- the queue, by lane. Read by the triggers below, by resume and by the sweeper's mending.
+CREATE FUNCTION campaign_has_open_calls(campaign uuid) RETURNS boolean LANGUAGE sql STABLE
+SET search_path FROM CURRENT AS $$
+    SELECT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = campaign AND q.status = 'PENDING')
+        OR EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = campaign AND q.status = 'IN_PROGRESS')
+$$;
+
 -- The triggers of the call_queue migration, now also keeping the lane, the counts and the
 -- campaign's status: COMPLETED when a statement leaves none of its calls open, ACTIVE
 -- again when one is added. Completing never waits for a lock (the claim's own expiries and
@@ -179,8 +187,7 @@ BEGIN
                 WHERE campaign_id IS NOT NULL AND status NOT IN ('PENDING', 'IN_PROGRESS')
             ))
               AND k.status = 'ACTIVE'
-              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING')
-              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS')
+              AND NOT campaign_has_open_calls(k.id)
         );
         IF cardinality(done) > 0 THEN
             done := ARRAY(
@@ -190,8 +197,7 @@ BEGIN
             UPDATE campaigns k SET status = 'COMPLETED', updated_at = now()
             WHERE k.id = ANY (done)
               AND k.status = 'ACTIVE'
-              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING')
-              AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS');
+              AND NOT campaign_has_open_calls(k.id);
         END IF;
     END IF;
     IF EXISTS (SELECT 1 FROM changed WHERE status <> 'IN_PROGRESS') THEN

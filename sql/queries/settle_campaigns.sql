@@ -10,12 +10,10 @@ WITH mend AS (
                          ELSE 'ACTIVE'::campaign_status END AS status
     FROM campaigns k
     WHERE (k.status = 'ACTIVE'
-           AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING')
-           AND NOT EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS')
+           AND NOT campaign_has_open_calls(k.id)
            AND EXISTS (SELECT 1 FROM calls c WHERE c.campaign_id = k.id))
        OR (k.status = 'COMPLETED' AND k.updated_at > now() - interval '1 hour'
-           AND (EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING')
-                OR EXISTS (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'IN_PROGRESS')))
+           AND campaign_has_open_calls(k.id))
     FOR NO KEY UPDATE OF k SKIP LOCKED
 )
 UPDATE campaigns k

@@ -166,26 +166,30 @@ fn counts_for(all: &[(Uuid, CallStatus, i64)], id: Uuid) -> Vec<(CallStatus, i64
     counts
 }
 
-/// One campaign, with its counts.
-pub async fn get_campaign(pool: &PgPool, id: Uuid) -> Result<Campaign, DbError> {
+/// Campaign `id` without its counts; `NotFound` when there is none.
+async fn campaign_alone<'e, E>(executor: E, id: Uuid) -> Result<Campaign, DbError>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
     let row: Option<CampaignRow> = sqlx::query_as("SELECT * FROM campaigns WHERE id = $1")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await?;
-    let row = row.ok_or(DbError::Campaign(CampaignRefusal::NotFound(id)))?;
-    let counts = counts_of(pool, &[id]).await?;
-    Ok(row.into_campaign(counts_for(&counts, id)))
+    Ok(row
+        .ok_or(DbError::Campaign(CampaignRefusal::NotFound(id)))?
+        .into_campaign(Vec::new()))
+}
+
+/// One campaign, with its counts.
+pub async fn get_campaign(pool: &PgPool, id: Uuid) -> Result<Campaign, DbError> {
+    let mut campaign = campaign_alone(pool, id).await?;
+    campaign.counts = counts_for(&counts_of(pool, &[id]).await?, id);
+    Ok(campaign)
 }
 
 /// What the create of a call of campaign `id` needs of it.
 pub async fn campaign_for_calls(pool: &PgPool, id: Uuid) -> Result<CampaignForCalls, DbError> {
-    let row: Option<CampaignRow> = sqlx::query_as("SELECT * FROM campaigns WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    let campaign = row
-        .ok_or(DbError::Campaign(CampaignRefusal::NotFound(id)))?
-        .into_campaign(Vec::new());
+    let campaign = campaign_alone(pool, id).await?;
     Ok(CampaignForCalls {
         status: campaign.status,
         script_id: campaign.settings.script_id,
@@ -198,15 +202,7 @@ pub(super) async fn rules_of<'e, E>(executor: E, id: Uuid) -> Result<CampaignRul
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
-    let row: Option<CampaignRow> = sqlx::query_as("SELECT * FROM campaigns WHERE id = $1")
-        .bind(id)
-        .fetch_optional(executor)
-        .await?;
-    Ok(row
-        .ok_or(DbError::Campaign(CampaignRefusal::NotFound(id)))?
-        .into_campaign(Vec::new())
-        .settings
-        .rules)
+    Ok(campaign_alone(executor, id).await?.settings.rules)
 }
 
 /// One page of campaigns, newest first, and how many match.
@@ -344,10 +340,8 @@ pub async fn act_on_campaign(
     // A resumed campaign whose calls all ended meanwhile is complete.
     sqlx::query(
         "UPDATE campaigns k SET status = CASE WHEN $2 = 'ACTIVE' AND EXISTS \
-             (SELECT 1 FROM calls c WHERE c.campaign_id = k.id) AND NOT EXISTS \
-             (SELECT 1 FROM call_queue q WHERE q.lane = k.id AND q.status = 'PENDING') \
-             AND NOT EXISTS (SELECT 1 FROM call_queue q \
-                             WHERE q.lane = k.id AND q.status = 'IN_PROGRESS') \
+             (SELECT 1 FROM calls c WHERE c.campaign_id = k.id) \
+             AND NOT campaign_has_open_calls(k.id) \
            THEN 'COMPLETED'::campaign_status ELSE $2 END, updated_at = now() WHERE id = $1",
     )
     .bind(id)

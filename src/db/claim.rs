@@ -185,7 +185,8 @@ fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
         }
     }
     let mut numbers = std::collections::HashSet::new();
-    let mut last_served: Vec<(usize, Uuid)> = Vec::new();
+    // The lanes that had calls admitted, in the order of their last one.
+    let mut last_served: Vec<Uuid> = Vec::new();
     let mut start = 0;
     while start < lanes.len() && sorted.dial.len() < free {
         let priority = lanes[start].priority;
@@ -209,8 +210,8 @@ fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
                     if numbers.insert(row.to_number.as_str()) {
                         sorted.dial.push(row.id);
                         lane.admitted += 1;
-                        last_served.retain(|(_, l)| *l != lane.id);
-                        last_served.push((sorted.dial.len(), lane.id));
+                        last_served.retain(|l| *l != lane.id);
+                        last_served.push(lane.id);
                         progressed = true;
                         break;
                     }
@@ -222,9 +223,7 @@ fn sort(candidates: &[CandidateRow], free: usize, rules: &Rules) -> Sorted {
         }
         start = end;
     }
-    sorted
-        .served
-        .extend(last_served.into_iter().map(|(_, lane)| lane));
+    sorted.served.extend(last_served);
     sorted.admitted = lanes.iter().map(|l| (l.id, l.admitted)).collect();
     sorted
 }

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{Enum, Object};
+use poem_openapi::{Enum, Object, types::ParseFromJSON};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{BatchItem, Pagination, StatusCounts, Text};
-use crate::domain::{self, CampaignStatus};
+use crate::domain::{self, CampaignStatus, campaign::window_json};
 
 /// Where a campaign stands: `ACTIVE` (its calls are dialed), `PAUSED` (none is, until
 /// resumed), `CANCELLED` (none ever again), `COMPLETED` (it has calls and every one is
@@ -126,32 +126,18 @@ pub struct Campaign {
 impl Campaign {
     pub fn of(campaign: domain::Campaign) -> Self {
         let s = campaign.settings;
-        let window = s.rules.window.and_then(|w| {
-            let hours = w.hours?.to_string();
-            let (start, end) = hours.split_once('-')?;
-            Some(CallingWindow {
-                start: Text(start.to_owned()),
-                end: Text(end.to_owned()),
-                days: Some(w.days.names().into_iter().map(|d| Text(d.into())).collect()),
-            })
-        });
-        let retry = s.rules.retry.map(|r| CampaignRetry {
-            max_attempts: r.max_attempts.map(i64::from),
-            outcomes: r
-                .outcomes
-                .map(|o| o.iter().map(|o| Text(o.as_str().into())).collect()),
-            delays: (!r.delays.is_empty()).then(|| {
-                r.delays
-                    .iter()
-                    .map(|(o, d)| {
-                        (
-                            o.as_str().to_owned(),
-                            Text(humantime::format_duration(*d).to_string()),
-                        )
-                    })
-                    .collect()
-            }),
-        });
+        // Shown in the form the domain writes them (and the database stores the retries in),
+        // read into the documented shapes.
+        let window = s
+            .rules
+            .window
+            .as_ref()
+            .and_then(|w| CallingWindow::parse_from_json(Some(window_json(w))).ok());
+        let retry = s
+            .rules
+            .retry
+            .as_ref()
+            .and_then(|r| CampaignRetry::parse_from_json(Some(r.to_json())).ok());
         Self {
             id: campaign.id,
             name: s.name,
