@@ -17,7 +17,7 @@ use crate::{
     db,
     domain::{WebhookTokens, decide::Retry},
     provider::{self, CallProvider},
-    worker::{Dispatcher, Sweeper, Worker, WorkerSettings},
+    worker::{Deliverer, Dispatcher, EventSettings, Sweeper, Worker, WorkerSettings},
 };
 
 /// Opens the pool and applies pending migrations, waiting for a database that is still
@@ -324,6 +324,12 @@ pub async fn run_parts(
         let upkeep_pool = worker.pool.clone();
         parts.spawn(async move {
             crate::worker::keep_queue_lean(upkeep_pool, token).await;
+            Ok(())
+        });
+        let deliverer = Deliverer::new(worker.pool.clone(), EventSettings::from_config(config));
+        let token = shutdown.clone();
+        parts.spawn(async move {
+            deliverer.run(token).await;
             Ok(())
         });
         let dispatcher = Dispatcher::new(worker.clone());

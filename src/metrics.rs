@@ -33,7 +33,7 @@ pub fn handle() -> &'static PrometheusHandle {
 /// Every counter, with each of its labels, from the start: a series that appears only at
 /// its first event makes `rate()` and alerts blind until then.
 fn export_at_zero() {
-    for kind in ["create", "accepted", "webhook"] {
+    for kind in ["create", "accepted", "webhook", "delivery"] {
         counter!("call_orchestrator_write_batches_total", "kind" => kind).increment(0);
         counter!("call_orchestrator_write_batch_items_total", "kind" => kind).increment(0);
     }
@@ -45,6 +45,13 @@ fn export_at_zero() {
     }
     for outcome in ["retry_scheduled", "attempts_exhausted"] {
         counter!("call_orchestrator_failed_attempts_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in crate::worker::EVENT_TRY_OUTCOMES {
+        counter!("call_orchestrator_event_delivery_tries_total", "outcome" => *outcome)
+            .increment(0);
+    }
+    for outcome in ["delivered", "failed"] {
+        counter!("call_orchestrator_event_deliveries_total", "outcome" => outcome).increment(0);
     }
     counter!("call_orchestrator_claimed_total").increment(0);
     counter!("call_orchestrator_calls_expired_total").increment(0);
@@ -112,8 +119,34 @@ pub const WEBHOOK_OUTCOMES: &[&str] = &[
     "error",
 ];
 
-/// The Prometheus text exposition, with the status gauges set from `counts`.
-pub fn render(counts: Option<&[(CallStatus, i64)]>, limit: u32) -> String {
+/// One try of an event delivery, by how it went (`worker::EVENT_TRY_OUTCOMES`).
+pub fn event_try(outcome: &'static str, duration: Duration) {
+    counter!("call_orchestrator_event_delivery_tries_total", "outcome" => outcome).increment(1);
+    histogram!("call_orchestrator_event_delivery_request_duration_seconds")
+        .record(duration.as_secs_f64());
+}
+
+/// A delivery answered 2xx, `latency` after the change its event reports.
+pub fn event_delivered(latency: Duration) {
+    counter!("call_orchestrator_event_deliveries_total", "outcome" => "delivered").increment(1);
+    histogram!("call_orchestrator_event_delivery_latency_seconds").record(latency.as_secs_f64());
+}
+
+/// A delivery whose every try failed.
+pub fn event_failed() {
+    counter!("call_orchestrator_event_deliveries_total", "outcome" => "failed").increment(1);
+}
+
+/// The Prometheus text exposition, with the status gauges set from `counts` and the
+/// deliveries backlog from `pending_deliveries`.
+pub fn render(
+    counts: Option<&[(CallStatus, i64)]>,
+    pending_deliveries: Option<i64>,
+    limit: u32,
+) -> String {
+    if let Some(pending) = pending_deliveries {
+        gauge!("call_orchestrator_event_deliveries_pending").set(pending as f64);
+    }
     let handle = handle();
     if let Some(counts) = counts {
         for status in CallStatus::ALL {

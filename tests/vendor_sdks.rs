@@ -5,39 +5,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use call_orchestrator::tools::sim::{Dialect, TWILIO_ACCOUNT_SID};
 use common::vendor::{KEY, one_call};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-
-/// Runs `script` with the virtualenv's Python, `input` on its standard input as JSON;
-/// returns what it printed, as JSON.
-fn python(script: &str, input: &Value) -> Value {
-    let venv = common::python_venv().unwrap_or_else(|why| panic!("the test virtualenv: {why}"));
-    let mut child = Command::new(venv.join("bin/python"))
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
+use serde_json::json;
 
 const TWILIO: &str = r#"
 import json, sys
@@ -97,7 +68,7 @@ async fn twilios_request_validator_and_the_service_agree() {
         .find(|(name, _)| *name == "x-twilio-signature")
         .unwrap()
         .1;
-    let answer = python(
+    let answer = common::python(
         TWILIO,
         &json!({"token": KEY, "url": url, "params": params, "ours": ours}),
     );
@@ -160,7 +131,7 @@ async fn retells_sdk_and_the_service_agree() {
         mac.update(old.to_string().as_bytes());
         format!("v={old},d={}", hex::encode(mac.finalize().into_bytes()))
     };
-    let answer = python(
+    let answer = common::python(
         RETELL,
         &json!({"key": KEY, "body": body, "ours": ours, "stale": stale}),
     );

@@ -4,6 +4,7 @@ mod access_log;
 mod calls;
 mod campaigns;
 mod error;
+mod event_endpoints;
 mod health;
 mod idempotency;
 pub mod listener;
@@ -77,6 +78,10 @@ pub struct ApiState {
     pub metrics_need_key: bool,
     /// `/metrics` is served on a port of its own, not here (`METRICS_PORT`).
     pub metrics_elsewhere: bool,
+    /// `EVENT_SECRET_KEY`: makes the secrets of event endpoints.
+    pub event_keys: crate::domain::EventKeys,
+    /// `EVENT_ALLOW_PRIVATE_URLS`.
+    pub event_allow_private: bool,
 }
 
 /// The background writers of the API, started by `app` (see `app::api_writers`).
@@ -119,6 +124,8 @@ impl ApiState {
             read_timeout: config.http_read_timeout,
             metrics_need_key: config.metrics_require_api_key,
             metrics_elsewhere: config.metrics_port.is_some(),
+            event_keys: config.event_keys(),
+            event_allow_private: config.event_allow_private_urls,
         }
     }
 }
@@ -136,6 +143,9 @@ pub enum ApiTags {
     /// Campaigns: calls grouped under one cap, priority, calling window and retry policy,
     /// paused, resumed and cancelled as one.
     Campaigns,
+    /// Events for clients: signed, retried notices of how calls and campaigns ended, sent
+    /// to the endpoints clients register.
+    Events,
 }
 
 /// The OpenAPI service: the routes and their document. The handlers find the state as
@@ -144,6 +154,7 @@ pub fn service() -> OpenApiService<
     (
         calls::CallsApi,
         campaigns::CampaignsApi,
+        event_endpoints::EventEndpointsApi,
         suppressions::SuppressionsApi,
         webhooks::WebhooksApi,
         health::HealthApi,
@@ -154,6 +165,7 @@ pub fn service() -> OpenApiService<
         (
             calls::CallsApi,
             campaigns::CampaignsApi,
+            event_endpoints::EventEndpointsApi,
             suppressions::SuppressionsApi,
             webhooks::WebhooksApi,
             health::HealthApi,
@@ -381,7 +393,8 @@ fn refuse(code: &str, message: &str) -> Response {
 /// The Prometheus text, as `GET /metrics` serves it on `PORT` or on `METRICS_PORT`.
 pub async fn prometheus_text(state: &ApiState) -> String {
     let counts = crate::db::count_by_status(&state.pool).await.ok();
-    crate::metrics::render(counts.as_deref(), state.max_concurrent_calls)
+    let pending = crate::db::pending_deliveries(&state.pool).await.ok();
+    crate::metrics::render(counts.as_deref(), pending, state.max_concurrent_calls)
 }
 
 /// The listener of `METRICS_PORT`: `GET /metrics` and nothing else, behind one of

@@ -56,6 +56,13 @@ pub const KEYS: &[&str] = &[
     "RETRY_DELAY_VOICEMAIL",
     "RETRY_DELAY_FAILED",
     "API_KEYS",
+    "EVENT_SECRET_KEY",
+    "EVENT_ALLOW_PRIVATE_URLS",
+    "EVENT_TIMEOUT",
+    "EVENT_RETRY_DELAYS",
+    "EVENT_MAX_IN_FLIGHT_PER_ENDPOINT",
+    "EVENT_MAX_IN_FLIGHT",
+    "EVENT_DELIVERY_RETENTION",
     "HTTP_MAX_CONNECTIONS",
     "HTTP_MAX_IN_FLIGHT",
     "HTTP_READ_TIMEOUT",
@@ -76,6 +83,8 @@ const VERBATIM: &[&str] = &[
     "AI_CALL_API_KEY",
     "WEBHOOK_SECRET",
     "API_KEYS",
+    "EVENT_SECRET_KEY",
+    "EVENT_RETRY_DELAYS",
     "AI_CALL_FROM_NUMBER",
     "AI_CALL_PHONE_NUMBER_ID",
     "TWILIO_ACCOUNT_SID",
@@ -170,6 +179,24 @@ pub struct Config {
     pub retry_delay_failed: Option<Duration>,
     /// Comma-separated bearer keys; empty means no authentication.
     pub api_keys: Option<Secret>,
+    /// The keys event endpoints' signing secrets are derived from (comma-separated, newest
+    /// first); the database never holds them. Unset: no endpoint can be registered.
+    pub event_secret_key: Option<Secret>,
+    /// Event endpoints may use `http` and loopback and private addresses.
+    pub event_allow_private_urls: bool,
+    /// Time limit of one try of a delivery.
+    #[serde(with = "humantime_serde")]
+    pub event_timeout: Duration,
+    /// Waits before each retry of a failed delivery (`5s,5m,…`, jittered; `none`).
+    #[serde(deserialize_with = "lenient_string")]
+    pub event_retry_delays: String,
+    /// Deliveries in flight to one endpoint at once, across every replica.
+    pub event_max_in_flight_per_endpoint: u32,
+    /// Deliveries in flight from one replica at once.
+    pub event_max_in_flight: u32,
+    /// How long delivered deliveries (and events no delivery waits for) are kept.
+    #[serde(with = "humantime_serde")]
+    pub event_delivery_retention: Duration,
     /// Connections the HTTP server holds open at once; more wait in the kernel's backlog.
     pub http_max_connections: u32,
     /// Requests handled at once; beyond, 503 `OVERLOADED` with `Retry-After`.
@@ -225,6 +252,13 @@ impl Default for Config {
             retry_delay_voicemail: None,
             retry_delay_failed: None,
             api_keys: None,
+            event_secret_key: None,
+            event_allow_private_urls: false,
+            event_timeout: Duration::from_secs(15),
+            event_retry_delays: "5s,5m,30m,2h,5h,10h,10h".into(),
+            event_max_in_flight_per_endpoint: 8,
+            event_max_in_flight: 256,
+            event_delivery_retention: Duration::from_secs(30 * 24 * 3600),
             http_max_connections: 1024,
             http_max_in_flight: 512,
             http_read_timeout: Duration::from_secs(10),
@@ -388,6 +422,19 @@ impl Config {
 
     /// The secrets of `WEBHOOK_SECRET`: one, or several separated by commas while a
     /// rotation is under way (a webhook signed with any of them is accepted).
+    /// `EVENT_SECRET_KEY`, read (checked by `validate`, so a bad one is empty here).
+    pub fn event_keys(&self) -> crate::domain::EventKeys {
+        self.event_secret_key
+            .as_ref()
+            .and_then(|k| crate::domain::EventKeys::parse(k.expose()).ok())
+            .unwrap_or_default()
+    }
+
+    /// `EVENT_RETRY_DELAYS`, read (checked by `validate`).
+    pub fn delivery_schedule(&self) -> crate::domain::DeliverySchedule {
+        crate::domain::DeliverySchedule::parse(&self.event_retry_delays).unwrap_or_default()
+    }
+
     pub fn webhook_secret_list(&self) -> Vec<Secret> {
         split_list(self.webhook_secret.as_ref())
     }

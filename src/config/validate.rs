@@ -53,6 +53,37 @@ impl Config {
                 "must be between 100ms and 10m",
             ));
         }
+        if let Some(keys) = &self.event_secret_key {
+            crate::domain::EventKeys::parse(keys.expose())
+                .map_err(|e| ConfigError::at("event_secret_key", e))?;
+        }
+        crate::domain::DeliverySchedule::parse(&self.event_retry_delays)
+            .map_err(|e| ConfigError::at("event_retry_delays", e))?;
+        if self.event_timeout < Duration::from_millis(100)
+            || self.event_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::at(
+                "event_timeout",
+                "must be between 100ms and 60s",
+            ));
+        }
+        for (key, value) in [
+            (
+                "event_max_in_flight_per_endpoint",
+                self.event_max_in_flight_per_endpoint,
+            ),
+            ("event_max_in_flight", self.event_max_in_flight),
+        ] {
+            if value == 0 || value > 10_000 {
+                return Err(ConfigError::at(key, "must be between 1 and 10000"));
+            }
+        }
+        if self.event_delivery_retention < Duration::from_secs(60) {
+            return Err(ConfigError::at(
+                "event_delivery_retention",
+                "must be at least 1m",
+            ));
+        }
         if self.metrics_port == Some(0) {
             return Err(ConfigError::at(
                 "metrics_port",

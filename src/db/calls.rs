@@ -357,6 +357,30 @@ async fn get_calls(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Call>, DbError> {
     Ok(rows.into_iter().map(Call::from).collect())
 }
 
+/// The calls that events recorded, as each event's snapshot holds the row; by event id.
+pub async fn calls_of_events(
+    pool: &PgPool,
+    event_ids: &[Uuid],
+) -> Result<Vec<(Uuid, Call)>, DbError> {
+    #[derive(sqlx::FromRow)]
+    struct Recorded {
+        event_id: Uuid,
+        #[sqlx(flatten)]
+        row: CallRow,
+    }
+    let rows: Vec<Recorded> = sqlx::query_as(
+        "SELECT e.id AS event_id, (jsonb_populate_record(NULL::calls, e.snapshot)).* \
+         FROM client_events e WHERE e.id = ANY ($1) AND e.call_id IS NOT NULL",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.event_id, Call::from(r.row)))
+        .collect())
+}
+
 /// One call by id.
 pub async fn get_call(pool: &PgPool, id: Uuid) -> Result<Call, DbError> {
     let row: Option<CallRow> = sqlx::query_as("SELECT * FROM calls WHERE id = $1")

@@ -464,3 +464,33 @@ pub(super) async fn hold_open(
     }
     Ok(())
 }
+
+/// The campaigns that events recorded, as each event's snapshot holds its row, with their
+/// counts as they are now; by event id.
+pub async fn campaigns_of_events(
+    pool: &PgPool,
+    event_ids: &[Uuid],
+) -> Result<Vec<(Uuid, Campaign)>, DbError> {
+    #[derive(sqlx::FromRow)]
+    struct Recorded {
+        event_id: Uuid,
+        #[sqlx(flatten)]
+        row: CampaignRow,
+    }
+    let rows: Vec<Recorded> = sqlx::query_as(
+        "SELECT e.id AS event_id, (jsonb_populate_record(NULL::campaigns, e.snapshot)).* \
+         FROM client_events e WHERE e.id = ANY ($1) AND e.type = 'campaign.completed'",
+    )
+    .bind(event_ids)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.row.id).collect();
+    let counts = counts_of(pool, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let id = r.row.id;
+            (r.event_id, r.row.into_campaign(counts_for(&counts, id)))
+        })
+        .collect())
+}

@@ -4,7 +4,9 @@ mod batch;
 mod calls;
 mod campaigns;
 mod claim;
+mod deliveries;
 mod dial;
+mod event_endpoints;
 mod events;
 mod settle;
 mod suppressions;
@@ -34,7 +36,16 @@ pub use campaigns::{
     update_campaign,
 };
 pub use claim::{Claimed, claim, next_due};
+pub use deliveries::{
+    ClaimedDelivery, Delivery, Subject, TryOutcome, TryResult, claim_deliveries, list_deliveries,
+    next_delivery_due, pending_deliveries, purge_delivered, record_tries, retry_delivery,
+    subjects_of,
+};
 pub use dial::{Accepted, record_accepted_each, record_dial_outcome};
+pub use event_endpoints::{
+    EndpointChange, NewEndpoint, create_endpoint, delete_endpoint, get_endpoint, list_endpoints,
+    rotate_secret, update_endpoint,
+};
 pub use events::list_events;
 pub use suppressions::{
     NewSuppression, Suppression, delete_suppression, get_suppression, list_suppressions,
@@ -61,15 +72,23 @@ pub type WebhookBatcher = Batcher<WebhookUpdate, Result<WebhookOutcome, DbError>
 /// The channel the dispatchers LISTEN on; see the triggers in the migrations.
 pub const WAKEUP_CHANNEL: &str = "call_orchestrator_wakeup";
 
+/// The channel the delivery workers LISTEN on; see the events migration.
+pub const EVENTS_CHANNEL: &str = "call_orchestrator_events";
+
 /// Wakes every replica's dispatcher at once (a campaign resumed or changed); a notification
 /// lost is caught by their poll.
 pub(crate) async fn notify_dispatchers(pool: &PgPool) {
+    notify(pool, WAKEUP_CHANNEL).await;
+}
+
+/// Sends a wake-up on `channel`; a notification lost is caught by the listeners' poll.
+pub(crate) async fn notify(pool: &PgPool, channel: &str) {
     if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
-        .bind(WAKEUP_CHANNEL)
+        .bind(channel)
         .execute(pool)
         .await
     {
-        tracing::debug!(error = %err, "wake-up not sent; the dispatchers' poll will catch up");
+        tracing::debug!(error = %err, channel, "wake-up not sent; the listeners' poll will catch up");
     }
 }
 

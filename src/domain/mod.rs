@@ -21,6 +21,9 @@ mod attempt;
 mod call;
 pub mod campaign;
 pub mod decide;
+pub mod event;
+pub mod event_secret;
+pub mod event_url;
 mod outcome;
 mod payload;
 mod phone;
@@ -31,6 +34,8 @@ mod webhook_token;
 pub use attempt::{AttemptState, AttemptStatus};
 pub use call::{Call, CallEvent, CallStatus, CallTiming, EventKind};
 pub use campaign::{Campaign, CampaignRetry, CampaignRules, CampaignSettings, CampaignStatus};
+pub use event::{DeliverySchedule, DeliveryStatus, Endpoint, EventType, SecretRef, Subscription};
+pub use event_secret::{EndpointSecret, EventKeys, SecretUnavailable};
 pub use outcome::{DialOutcome, ProviderStatus, ReportSource, WebhookUpdate};
 pub use payload::{
     CallPayload, FieldError, MAX_METADATA_BYTES, MAX_SCRIPT_ID_LEN, ScriptId, merge_patch,

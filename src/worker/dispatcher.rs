@@ -67,7 +67,12 @@ impl Dispatcher {
     /// finish and be recorded, and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
-        let listening = listen(self.worker.pool.clone(), wake.clone(), shutdown.clone());
+        let listening = listen(
+            self.worker.pool.clone(),
+            WAKEUP_CHANNEL,
+            wake.clone(),
+            shutdown.clone(),
+        );
         // The listener wakes us once it is listening, so a notification sent before then
         // is still followed by a claim.
         let listener = tokio::spawn(listening.run());
@@ -137,15 +142,23 @@ impl Dispatcher {
     }
 }
 
-struct Listening {
+pub(super) struct Listening {
     pool: sqlx::PgPool,
+    channel: &'static str,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 }
 
-fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, shutdown: CancellationToken) -> Listening {
+/// LISTENs on `channel` and wakes `wake` for each notification (see [`Listening::run`]).
+pub(super) fn listen(
+    pool: sqlx::PgPool,
+    channel: &'static str,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> Listening {
     Listening {
         pool,
+        channel,
         wake,
         shutdown,
     }
@@ -155,7 +168,7 @@ impl Listening {
     /// Forwards notifications to `wake`, which coalesces them: a burst of a thousand
     /// inserts costs one claim round, not a thousand. A lost connection is re-made; since
     /// notifications sent meanwhile are lost, a reconnection counts as a wake-up too.
-    async fn run(self) {
+    pub(super) async fn run(self) {
         loop {
             let mut listener = match self.connect().await {
                 Some(listener) => listener,
@@ -187,7 +200,7 @@ impl Listening {
         loop {
             let attempt = async {
                 let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(WAKEUP_CHANNEL).await?;
+                listener.listen(self.channel).await?;
                 Ok::<_, sqlx::Error>(listener)
             };
             tokio::select! {

@@ -1,8 +1,10 @@
 //! The dispatcher (claim, dial, record) and the sweeper (expire, rescue), safe to run in
 //! every replica at once: they coordinate through the database alone.
 
+mod deliverer;
 mod dial;
 mod dispatcher;
+mod send_event;
 mod sweeper;
 
 use std::{sync::Arc, time::Duration};
@@ -10,7 +12,9 @@ use std::{sync::Arc, time::Duration};
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
 
+pub use deliverer::{Deliverer, EventSettings};
 pub use dispatcher::Dispatcher;
+pub use send_event::TRY_OUTCOMES as EVENT_TRY_OUTCOMES;
 pub use sweeper::{SweepReport, Sweeper, keep_queue_lean};
 
 use crate::{

@@ -6,6 +6,7 @@
 
 pub mod pg;
 pub mod provider;
+pub mod receiver;
 pub mod vendor;
 
 use std::{path::PathBuf, process::Command, sync::Once, time::Duration};
@@ -413,7 +414,7 @@ pub fn python_venv() -> Result<PathBuf, String> {
             && Command::new(venv.join("bin/python"))
                 .args([
                     "-c",
-                    "import twilio.request_validator, retell.lib.webhook_auth, phonenumbers.tzdata",
+                    "import twilio.request_validator, retell.lib.webhook_auth, phonenumbers.tzdata, standardwebhooks",
                 ])
                 .output()
                 .is_ok_and(|out| out.status.success())
@@ -444,4 +445,31 @@ pub fn python_venv() -> Result<PathBuf, String> {
         return Err("pip install -r tests/clients/requirements.txt failed".into());
     }
     Ok(venv)
+}
+
+/// Runs `script` with the virtualenv's Python, `input` on its standard input as JSON;
+/// returns what it printed, as JSON.
+pub fn python(script: &str, input: &Value) -> Value {
+    let venv = python_venv().unwrap_or_else(|why| panic!("the test virtualenv: {why}"));
+    let mut child = Command::new(venv.join("bin/python"))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }

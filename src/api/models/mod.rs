@@ -11,10 +11,12 @@ use crate::domain::{self, CallStatus, EventKind, schedule::Rules};
 
 mod campaigns;
 mod envelopes;
+mod events;
 mod json;
 
 pub use campaigns::*;
 pub use envelopes::*;
+pub use events::*;
 pub use json::{BatchItem, Text};
 
 /// A call's status. `PENDING` and `IN_PROGRESS` are live, the others final.
