@@ -28,7 +28,11 @@ use call_orchestrator::{
     tools::pg::{ClusterOptions, PgCluster},
     tools::sim::{Dialect, Faults, SimConfig, Simulator, TWILIO_ACCOUNT_SID},
 };
-use common::{binary, free_port, wait_ok};
+use common::{
+    binary, free_port,
+    receiver::{Answer, Receiver},
+    wait_ok,
+};
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 
@@ -51,6 +55,9 @@ struct Cluster {
     dialect: Dialect,
     pg: PgCluster,
     sim: Simulator,
+    /// The client's event endpoint, subscribed to every event, and its secret.
+    events: Receiver,
+    events_secret: String,
     replicas: Vec<Option<Replica>>,
     client: reqwest::Client,
 }
@@ -83,6 +90,13 @@ impl Cluster {
                 humantime::format_duration(CALL_TIMEOUT).to_string(),
             )
             .env("PROVIDER_TIMEOUT", "1s")
+            .env(
+                "EVENT_SECRET_KEY",
+                "chaos-event-secret-key-0123456789abcdef",
+            )
+            .env("EVENT_ALLOW_PRIVATE_URLS", "true")
+            .env("EVENT_TIMEOUT", "2s")
+            .env("EVENT_RETRY_DELAYS", "200ms,500ms,1s,2s,2s,2s,2s,2s,2s,2s")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -443,7 +457,76 @@ async fn campaign(cluster: &mut Cluster, round: usize, calls: usize, numbers: us
         "forged webhooks were taken: {:?}",
         forged.examples
     );
+    every_final_call_has_its_event(cluster).await;
     figures
+}
+
+/// Invariant 11: every final call's final event reached the client's endpoint, through the
+/// SIGKILL, the PostgreSQL restart and the provider's outage, signed; an event that came
+/// more than once came with one `webhook-id`.
+async fn every_final_call_has_its_event(cluster: &Cluster) {
+    let pool = sqlx::PgPool::connect(&cluster.pg.url("postgres"))
+        .await
+        .unwrap();
+    let finals: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, 'call.' || lower(status::text) FROM calls \
+         WHERE status IN ('COMPLETED', 'FAILED', 'EXPIRED', 'CANCELLED')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // (call id, event type, attempts) -> the webhook-ids it came with (a call has one
+        // `call.attempt_failed` per attempt that failed and was retried).
+        let mut seen: HashMap<(String, String, i64), Vec<String>> = HashMap::new();
+        for got in cluster.events.got() {
+            let body = got.json();
+            let id = body["data"]["id"].as_str().unwrap_or_default().to_owned();
+            let kind = body["type"].as_str().unwrap_or_default().to_owned();
+            let attempts = body["data"]["attempts"].as_i64().unwrap_or_default();
+            seen.entry((id, kind, attempts))
+                .or_default()
+                .push(got.id.clone());
+        }
+        let missing: Vec<&(uuid::Uuid, String)> = finals
+            .iter()
+            .filter(|(id, kind)| {
+                !seen
+                    .keys()
+                    .any(|(i, k, _)| *i == id.to_string() && k == kind)
+            })
+            .collect();
+        if missing.is_empty() {
+            for ((id, kind, _), ids) in &seen {
+                assert!(
+                    ids.iter().all(|i| *i == ids[0]),
+                    "{kind} of {id} came with several webhook-ids: {ids:?}"
+                );
+            }
+            let got = cluster.events.got();
+            let unsigned = got
+                .iter()
+                .filter(|g| !g.verifies_with(&cluster.events_secret))
+                .count();
+            assert_eq!(unsigned, 0, "deliveries that do not verify");
+            let repeats = got.len() - seen.len();
+            eprintln!(
+                "chaos: {} final calls, each with its final event ({} deliveries in all, {repeats} repeated)",
+                finals.len(),
+                got.len()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} final calls without their final event, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Sends webhooks nobody handed a URL to, as an attacker would: the simulator's sequential
@@ -659,10 +742,21 @@ async fn start(dialect: Dialect) -> Cluster {
     })
     .await
     .unwrap();
+    let events = Receiver::start().await;
+    // The client's endpoint fails now and then, so that retries are part of the run.
+    events.script((0..20).map(|i| {
+        if i % 2 == 0 {
+            Answer::Status(500)
+        } else {
+            Answer::Status(200)
+        }
+    }));
     let mut cluster = Cluster {
         dialect,
         pg,
         sim,
+        events,
+        events_secret: String::new(),
         replicas: Vec::new(),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -682,6 +776,23 @@ async fn start(dialect: Dialect) -> Cluster {
     {
         wait_healthy(port).await;
     }
+    let registered: Value = cluster
+        .client
+        .post(format!(
+            "http://127.0.0.1:{}/api/v1/event-endpoints",
+            cluster.live_port()
+        ))
+        .json(&json!({"url": cluster.events.url, "events": ["*"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    cluster.events_secret = registered["data"]["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{registered}"))
+        .to_owned();
     cluster
 }
 

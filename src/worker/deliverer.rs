@@ -63,10 +63,11 @@ impl EventSettings {
         }
     }
 
-    /// How long a worker owns a delivery it claimed: the request's time limit and room to
-    /// record the answer. A worker that dies leaves it due again after this.
+    /// How long a worker owns a delivery it claimed: the request's time limit and as much
+    /// again, and more, to record the answer. A worker that dies leaves it due again after
+    /// this; should a recording outlast it, the delivery is sent twice with one `webhook-id`.
     pub fn lease(&self) -> Duration {
-        self.timeout + Duration::from_secs(30)
+        self.timeout * 2 + Duration::from_secs(5)
     }
 }
 
