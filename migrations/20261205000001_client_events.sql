@@ -47,12 +47,12 @@ CREATE TABLE client_events (
     snapshot    jsonb NOT NULL
 );
 
-CREATE INDEX client_events_by_call ON client_events (call_id) WHERE call_id IS NOT NULL;
 CREATE INDEX client_events_by_time ON client_events (occurred_at);
 
 CREATE TABLE event_deliveries (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    seq              bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    -- Creation order, for the list route (newest first).
+    seq              bigint GENERATED ALWAYS AS IDENTITY,
     event_id         uuid NOT NULL REFERENCES client_events ON DELETE CASCADE,
     endpoint_id      uuid NOT NULL REFERENCES event_endpoints ON DELETE CASCADE,
     status           event_delivery_status NOT NULL DEFAULT 'PENDING',
@@ -78,6 +78,9 @@ CREATE TABLE event_deliveries (
 -- The workers' claim: per endpoint, due first.
 CREATE INDEX event_deliveries_due
     ON event_deliveries (endpoint_id, next_attempt_at) WHERE status = 'PENDING';
+-- The tries in flight to each endpoint, counted by the claim.
+CREATE INDEX event_deliveries_leased
+    ON event_deliveries (endpoint_id, leased_until) WHERE leased_until IS NOT NULL;
 -- The list route, newest first per endpoint.
 CREATE INDEX event_deliveries_by_endpoint ON event_deliveries (endpoint_id, seq);
 -- The sweeper's purge of delivered rows.
@@ -90,9 +93,10 @@ ALTER TABLE event_deliveries SET (
     fillfactor = 90
 );
 
--- The enabled endpoints subscribed to events of `kind`.
-CREATE FUNCTION event_subscribers(kind text) RETURNS SETOF uuid LANGUAGE sql STABLE
-SET search_path FROM CURRENT AS $$
+-- The enabled endpoints subscribed to events of `kind`. Without a SET clause, so that
+-- PostgreSQL inlines it into the triggers' statements (planned once per session) instead of
+-- parsing and planning it again for every event; the triggers' own search_path applies.
+CREATE FUNCTION event_subscribers(kind text) RETURNS SETOF uuid LANGUAGE sql STABLE AS $$
     SELECT id FROM event_endpoints
     WHERE enabled AND (event_types @> ARRAY[kind] OR event_types @> ARRAY['*'])
 $$;
@@ -104,6 +108,14 @@ SET search_path FROM CURRENT AS $$
 DECLARE
     made integer;
 BEGIN
+    -- Most statements move calls between PENDING and IN_PROGRESS only (claims, answers
+    -- recorded): nothing to report, found without joining the two transition tables.
+    IF NOT EXISTS (
+        SELECT 1 FROM changed
+        WHERE status IN ('COMPLETED', 'FAILED', 'EXPIRED', 'CANCELLED', 'PENDING')
+    ) THEN
+        RETURN NULL;
+    END IF;
     WITH recorded AS (
         INSERT INTO client_events (id, type, call_id, campaign_id, snapshot)
         SELECT gen_random_uuid(),

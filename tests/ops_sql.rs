@@ -177,6 +177,32 @@ async fn every_operator_query_runs_and_explains_the_queue() {
         "{why_held}"
     );
 
+    // An event endpoint that refuses: its delivery waits for a retry, with the last answer.
+    sqlx::query(
+        "INSERT INTO event_endpoints (id, url, event_types, secret_salt, key_id) \
+         VALUES (gen_random_uuid(), 'https://hooks.example.com/events', '{*}', \
+                 decode(repeat('00', 32), 'hex'), 'k')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let cancelled = id(&app.create_call("+14155550030").await);
+    app.post(&format!("/api/v1/calls/{cancelled}/cancel"), json!({}))
+        .await;
+    sqlx::query(
+        "UPDATE event_deliveries SET attempts = 1, last_status_code = 503, \
+         last_error = 'answered 503', last_attempt_at = now(), next_attempt_at = now() + interval '5 minutes'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let deliveries = psql(&app, "event_deliveries.sql", &[]);
+    assert!(
+        deliveries.contains("https://hooks.example.com/events")
+            && deliveries.contains("503 answered 503"),
+        "{deliveries}"
+    );
+
     let history = psql(&app, "retry_history.sql", &[("call_id", &busy_b)]);
     assert!(
         history.contains("FAILED") && history.contains("RETRY_SCHEDULED"),

@@ -21,8 +21,7 @@ WITH endpoints AS (
 room AS (
     SELECT e.id,
            $1 - (SELECT count(*) FROM event_deliveries d
-                 WHERE d.endpoint_id = e.id AND d.status = 'PENDING'
-                   AND d.leased_until > now()) AS free
+                 WHERE d.endpoint_id = e.id AND d.leased_until > now()) AS free
     FROM endpoints e
 ),
 picked AS (

@@ -256,7 +256,7 @@ impl Default for Config {
             event_allow_private_urls: false,
             event_timeout: Duration::from_secs(15),
             event_retry_delays: "5s,5m,30m,2h,5h,10h,10h".into(),
-            event_max_in_flight_per_endpoint: 8,
+            event_max_in_flight_per_endpoint: 16,
             event_max_in_flight: 256,
             event_delivery_retention: Duration::from_secs(30 * 24 * 3600),
             http_max_connections: 1024,

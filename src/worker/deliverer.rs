@@ -4,7 +4,7 @@
 //! with it but the pool: a slow or dead endpoint holds at most its own few slots
 //! (`EVENT_MAX_IN_FLIGHT_PER_ENDPOINT`), never a dial, a webhook or another endpoint.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{SecondsFormat, Utc};
 use poem_openapi::types::ToJSON as _;
@@ -25,6 +25,8 @@ use crate::{
 
 /// Most deliveries claimed in one transaction.
 const CLAIM_BATCH: u32 = 100;
+/// Shortest time between two claims.
+const MIN_CLAIM_GAP: Duration = Duration::from_millis(2);
 /// Rows deleted per statement by the purge, and how often it runs.
 const PURGE_BATCH: i64 = 1000;
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -130,39 +132,78 @@ impl Deliverer {
             this.settings.retention,
             shutdown.clone(),
         ));
-        let mut sends: JoinSet<()> = JoinSet::new();
+        // Each try answers its endpoint's id, so that the tries in flight to each endpoint
+        // are known here too.
+        let mut sends: JoinSet<Uuid> = JoinSet::new();
+        let mut in_flight: HashMap<Uuid, u32> = HashMap::new();
+        let per_endpoint = this.settings.per_endpoint;
+        let mut claim_now = true;
+        let mut wait = this.settings.poll_interval;
+        let mut last_claim = tokio::time::Instant::now() - MIN_CLAIM_GAP;
         loop {
-            while sends.try_join_next().is_some() {}
-            let mut starved = false;
-            loop {
-                let room = this.settings.max_in_flight as usize - sends.len();
-                if room == 0 {
-                    starved = true;
-                    break;
-                }
-                match this.claim(room.min(CLAIM_BATCH as usize) as u32).await {
-                    Ok(jobs) if jobs.is_empty() => break,
-                    Ok(jobs) => {
-                        for job in jobs {
-                            let this = this.clone();
-                            sends.spawn(async move { this.try_one(job).await });
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "claiming deliveries failed; retrying shortly");
+            if claim_now {
+                // A burst of wake-ups (every commit of a final call sends one) costs one claim.
+                tokio::time::sleep_until(last_claim + MIN_CLAIM_GAP).await;
+                last_claim = tokio::time::Instant::now();
+                // Claims until a claim takes fewer than it asked for: then what is due is
+                // taken, or waits for room at its endpoint (a try ending there, or a
+                // wake-up, claims again).
+                let mut took_any = false;
+                loop {
+                    let room = this.settings.max_in_flight as usize - sends.len();
+                    if room == 0 {
+                        took_any = true;
                         break;
                     }
+                    let asked = room.min(CLAIM_BATCH as usize);
+                    match this.claim(asked as u32).await {
+                        Ok(jobs) if jobs.is_empty() => break,
+                        Ok(jobs) => {
+                            took_any = true;
+                            let short = jobs.len() < asked;
+                            for job in jobs {
+                                let endpoint = job.delivery.endpoint.id;
+                                *in_flight.entry(endpoint).or_default() += 1;
+                                let this = this.clone();
+                                sends.spawn(async move {
+                                    this.try_one(job).await;
+                                    endpoint
+                                });
+                            }
+                            if short {
+                                break;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "claiming deliveries failed; retrying shortly");
+                            break;
+                        }
+                    }
                 }
+                // Only an idle worker needs the timer of the next retry.
+                wait = if took_any {
+                    this.settings.poll_interval
+                } else {
+                    this.idle_wait().await
+                };
             }
-            let (wait, due_now) = this.idle_wait().await;
-            // Something is due that this claim could not take (an endpoint's room, or ours,
-            // is full): a try finishing makes room.
-            let on_finish = (starved || due_now) && !sends.is_empty();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = wake.notified() => {}
-                _ = sends.join_next(), if on_finish => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => claim_now = true,
+                Some(done) = sends.join_next(), if !sends.is_empty() => {
+                    let endpoint = done.unwrap_or_default();
+                    let left = in_flight.get_mut(&endpoint).map(|n| {
+                        *n -= 1;
+                        *n
+                    });
+                    if left == Some(0) {
+                        in_flight.remove(&endpoint);
+                    }
+                    // Claim again once the endpoint has room for a batch rather than one try
+                    // at a time (what is due for it waits at most the other half of its tries).
+                    claim_now = left.unwrap_or(0) <= per_endpoint / 2;
+                }
+                _ = tokio::time::sleep(wait) => claim_now = true,
             }
         }
         if !sends.is_empty() {
@@ -184,19 +225,20 @@ impl Deliverer {
         purge.abort();
     }
 
-    /// Until the next delivery falls due, at most the poll; and whether one is due now.
-    async fn idle_wait(&self) -> (Duration, bool) {
+    /// Until the next delivery falls due, at most the poll. One due already, that the claim
+    /// could not take (its endpoint's tries are all in flight), waits for one of them to end.
+    async fn idle_wait(&self) -> Duration {
         let poll = self.settings.poll_interval;
         match db::next_delivery_due(&self.pool).await {
             Ok(Some(due)) => {
                 let until = (due - Utc::now()).to_std().unwrap_or_default();
                 if until.is_zero() {
-                    (poll, true)
+                    poll
                 } else {
-                    (until.min(poll) + Duration::from_millis(5), false)
+                    until.min(poll) + Duration::from_millis(5)
                 }
             }
-            _ => (poll, false),
+            _ => poll,
         }
     }
 
@@ -265,7 +307,7 @@ impl Deliverer {
             .collect();
         let started = std::time::Instant::now();
         let sent = match (&job.body, &signers) {
-            (Err(why), _) | (_, Err(why)) => Sent::Refused(format!("not sent: {why}")),
+            (Err(why), _) | (_, Err(why)) => Sent::NotSent(why.clone()),
             (Ok(body), Ok(signers)) => {
                 let id = d.event_id.to_string();
                 let out = Outgoing {

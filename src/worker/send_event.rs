@@ -82,6 +82,8 @@ pub enum Sent {
     Unreachable(String),
     /// The URL or what its name resolves to is not a place events go.
     Refused(String),
+    /// Not sent at all: no secret to sign it with, or no body.
+    NotSent(String),
 }
 
 impl Sent {
@@ -93,6 +95,7 @@ impl Sent {
             Self::Timeout => "timeout",
             Self::Unreachable(_) => "unreachable",
             Self::Refused(_) => "refused",
+            Self::NotSent(_) => "not_sent",
         }
     }
 
@@ -114,12 +117,20 @@ impl Sent {
             Self::Timeout => Some("no answer within the time limit".into()),
             Self::Unreachable(why) => Some(format!("unreachable: {why}")),
             Self::Refused(why) => Some(format!("refused: {why}")),
+            Self::NotSent(why) => Some(format!("not sent: {why}")),
         }
     }
 }
 
 /// The labels of `Sent`, for the metrics.
-pub const TRY_OUTCOMES: &[&str] = &["delivered", "rejected", "timeout", "unreachable", "refused"];
+pub const TRY_OUTCOMES: &[&str] = &[
+    "delivered",
+    "rejected",
+    "timeout",
+    "unreachable",
+    "refused",
+    "not_sent",
+];
 
 /// A request about to be sent.
 pub struct Outgoing<'a> {

@@ -269,9 +269,9 @@ async fn lifecycle_run(
     })
 }
 
-/// 4. Lifecycle throughput at cap 1000 with an instant provider, without and with one
-/// event endpoint that takes every `call.completed` (in turns: plain first in even runs,
-/// with events first in odd ones); 6. memory of the plain replica.
+/// Step 4, lifecycle throughput at cap 1000 with an instant provider, without and with
+/// one event endpoint that takes every `call.completed` (in turns: plain first in even
+/// runs, with events first in odd ones); and step 6, memory of the plain replica.
 pub async fn lifecycle(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<Figure>> {
     let (mut rates, mut idle, mut peak) = (Vec::new(), Vec::new(), Vec::new());
     let (mut event_rates, mut lags, mut p50, mut p99) =
