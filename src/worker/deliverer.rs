@@ -307,7 +307,7 @@ impl Deliverer {
             .collect();
         let started = std::time::Instant::now();
         let sent = match (&job.body, &signers) {
-            (Err(why), _) | (_, Err(why)) => Sent::NotSent(why.clone()),
+            (Err(why), _) | (_, Err(why)) => Sent::Unsigned(why.clone()),
             (Ok(body), Ok(signers)) => {
                 let id = d.event_id.to_string();
                 let out = Outgoing {

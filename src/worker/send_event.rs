@@ -82,8 +82,8 @@ pub enum Sent {
     Unreachable(String),
     /// The URL or what its name resolves to is not a place events go.
     Refused(String),
-    /// Not sent at all: no secret to sign it with, or no body.
-    NotSent(String),
+    /// Not sent at all: no secret to sign it with, or no body to sign.
+    Unsigned(String),
 }
 
 impl Sent {
@@ -95,7 +95,7 @@ impl Sent {
             Self::Timeout => "timeout",
             Self::Unreachable(_) => "unreachable",
             Self::Refused(_) => "refused",
-            Self::NotSent(_) => "not_sent",
+            Self::Unsigned(_) => "not_sent",
         }
     }
 
@@ -117,7 +117,7 @@ impl Sent {
             Self::Timeout => Some("no answer within the time limit".into()),
             Self::Unreachable(why) => Some(format!("unreachable: {why}")),
             Self::Refused(why) => Some(format!("refused: {why}")),
-            Self::NotSent(why) => Some(format!("not sent: {why}")),
+            Self::Unsigned(why) => Some(format!("not sent: {why}")),
         }
     }
 }
