@@ -49,12 +49,18 @@ CREATE TABLE client_events (
 
 CREATE INDEX client_events_by_time ON client_events (occurred_at);
 
+-- Deliveries name their event and endpoint without foreign keys: the check of a foreign key
+-- locks the row it points to (FOR KEY SHARE), and with one endpoint taking every event,
+-- every transaction that ends a call would share a lock on that one row (MultiXacts, at
+-- every commit). Only the triggers make deliveries, from the event they have just written
+-- and the endpoints they have just read; deleting an endpoint deletes its deliveries, and a
+-- tombstone catches those a transaction running at that moment still makes.
 CREATE TABLE event_deliveries (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     -- Creation order, for the list route (newest first).
     seq              bigint GENERATED ALWAYS AS IDENTITY,
-    event_id         uuid NOT NULL REFERENCES client_events ON DELETE CASCADE,
-    endpoint_id      uuid NOT NULL REFERENCES event_endpoints ON DELETE CASCADE,
+    event_id         uuid NOT NULL,
+    endpoint_id      uuid NOT NULL,
     status           event_delivery_status NOT NULL DEFAULT 'PENDING',
     -- Tries made (claimed) so far.
     attempts         integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
@@ -73,6 +79,11 @@ CREATE TABLE event_deliveries (
         CHECK ((status = 'PENDING') = (next_attempt_at IS NOT NULL)),
     CONSTRAINT event_deliveries_delivered_when
         CHECK ((status = 'DELIVERED') = (delivered_at IS NOT NULL))
+);
+
+CREATE TABLE event_endpoint_tombstones (
+    id         uuid PRIMARY KEY,
+    deleted_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- The workers' claim: per endpoint, due first.

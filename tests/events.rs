@@ -803,6 +803,34 @@ async fn purging_keeps_what_is_pending_or_failed() {
         .unwrap();
     assert_eq!(purged, (0, 0), "a failed delivery is kept for its resend");
     assert_eq!(deliveries(&app, &endpoint).await.len(), 1);
+
+    // Removing the endpoint removes its deliveries; one that a transaction running at that
+    // moment still made for it goes at the next purge, by the endpoint's tombstone.
+    let (status, _) = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/event-endpoints/{endpoint}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(counts().await.0, 0);
+    sqlx::query(
+        "INSERT INTO event_deliveries (event_id, endpoint_id, next_attempt_at) \
+         SELECT id, $1, now() FROM client_events LIMIT 1",
+    )
+    .bind(uuid::Uuid::parse_str(&endpoint).unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    call_orchestrator::db::purge_delivered(&app.pool, past, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts().await.0,
+        0,
+        "the late delivery went with its endpoint"
+    );
 }
 
 #[tokio::test]

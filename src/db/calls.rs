@@ -369,8 +369,8 @@ pub async fn calls_of_events(
         row: CallRow,
     }
     let rows: Vec<Recorded> = sqlx::query_as(
-        "SELECT e.id AS event_id, (jsonb_populate_record(NULL::calls, e.snapshot)).* \
-         FROM client_events e WHERE e.id = ANY ($1) AND e.call_id IS NOT NULL",
+        "SELECT e.id AS event_id, r.* FROM client_events e \
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::calls, e.snapshot) r WHERE e.id = ANY ($1) AND e.call_id IS NOT NULL",
     )
     .bind(event_ids)
     .fetch_all(pool)

@@ -478,8 +478,8 @@ pub async fn campaigns_of_events(
         row: CampaignRow,
     }
     let rows: Vec<Recorded> = sqlx::query_as(
-        "SELECT e.id AS event_id, (jsonb_populate_record(NULL::campaigns, e.snapshot)).* \
-         FROM client_events e WHERE e.id = ANY ($1) AND e.type = 'campaign.completed'",
+        "SELECT e.id AS event_id, r.* FROM client_events e \
+         CROSS JOIN LATERAL jsonb_populate_record(NULL::campaigns, e.snapshot) r WHERE e.id = ANY ($1) AND e.type = 'campaign.completed'",
     )
     .bind(event_ids)
     .fetch_all(pool)

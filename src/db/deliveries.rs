@@ -257,12 +257,26 @@ pub async fn pending_deliveries(pool: &PgPool) -> Result<i64, DbError> {
 }
 
 /// Deletes at most `batch` deliveries delivered before `before`, then at most `batch`
-/// events older than `before` that no delivery waits for; returns how many of each.
+/// events older than `before` that no delivery waits for; returns how many of each. Also
+/// deletes the deliveries of removed endpoints (their tombstones, kept an hour).
 pub async fn purge_delivered(
     pool: &PgPool,
     before: DateTime<Utc>,
     batch: i64,
 ) -> Result<(u64, u64), DbError> {
+    sqlx::query(
+        "DELETE FROM event_deliveries WHERE id IN ( \
+             SELECT d.id FROM event_endpoint_tombstones t \
+             JOIN event_deliveries d ON d.endpoint_id = t.id LIMIT $1)",
+    )
+    .bind(batch)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "DELETE FROM event_endpoint_tombstones WHERE deleted_at < now() - interval '1 hour'",
+    )
+    .execute(pool)
+    .await?;
     let deliveries = sqlx::query(
         "DELETE FROM event_deliveries WHERE id IN ( \
              SELECT id FROM event_deliveries WHERE status = 'DELIVERED' AND delivered_at < $1 \

@@ -143,13 +143,21 @@ pub async fn update_endpoint(
     Ok(row.map(Endpoint::from))
 }
 
-/// Removes an endpoint and its deliveries; the endpoint as it was, or `None`.
+/// Removes an endpoint and its deliveries, and leaves a tombstone by which the purge removes
+/// the deliveries a transaction running meanwhile still makes for it (see the events
+/// migration); the endpoint as it was, or `None`.
 pub async fn delete_endpoint(pool: &PgPool, id: Uuid) -> Result<Option<Endpoint>, DbError> {
-    let row: Option<EndpointRow> =
-        sqlx::query_as("DELETE FROM event_endpoints WHERE id = $1 RETURNING *")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<EndpointRow> = sqlx::query_as(
+        "WITH gone AS (DELETE FROM event_endpoints WHERE id = $1 RETURNING *), \
+              buried AS (INSERT INTO event_endpoint_tombstones (id) SELECT id FROM gone \
+                         ON CONFLICT (id) DO NOTHING), \
+              deliveries AS (DELETE FROM event_deliveries \
+                             WHERE endpoint_id = $1 AND EXISTS (SELECT 1 FROM gone)) \
+         SELECT * FROM gone",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(Endpoint::from))
 }
 
