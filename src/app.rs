@@ -17,7 +17,7 @@ use crate::{
     db,
     domain::{WebhookTokens, decide::Retry},
     provider::{self, CallProvider},
-    worker::{Deliverer, Dispatcher, EventSettings, Sweeper, Worker, WorkerSettings},
+    worker::{Deliverer, Dispatcher, EventSettings, Sweeper, Wakeups, Worker, WorkerSettings},
 };
 
 /// Opens the pool and applies pending migrations, waiting for a database that is still
@@ -326,17 +326,18 @@ pub async fn run_parts(
             crate::worker::keep_queue_lean(upkeep_pool, token).await;
             Ok(())
         });
+        let wakeups = Wakeups::spawn(worker.pool.clone(), shutdown.clone());
         let deliverer = Deliverer::new(worker.pool.clone(), EventSettings::from_config(config));
-        let token = shutdown.clone();
+        let (token, wake) = (shutdown.clone(), wakeups.events);
         parts.spawn(async move {
-            deliverer.run(token).await;
+            deliverer.run_woken(token, wake).await;
             Ok(())
         });
         let dispatcher = Dispatcher::new(worker.clone());
         let sweeper = Sweeper::new(worker);
-        let token = shutdown.clone();
+        let (token, wake) = (shutdown.clone(), wakeups.calls);
         parts.spawn(async move {
-            dispatcher.run(token).await;
+            dispatcher.run_woken(token, wake).await;
             Ok(())
         });
         let token = shutdown.clone();

@@ -120,12 +120,18 @@ impl Deliverer {
         let listener = tokio::spawn(
             listen(
                 self.pool.clone(),
-                db::EVENTS_CHANNEL,
-                wake.clone(),
+                vec![(db::EVENTS_CHANNEL, wake.clone())],
                 shutdown.clone(),
             )
             .run(),
         );
+        self.run_woken(shutdown, wake).await;
+        listener.abort();
+    }
+
+    /// [`Deliverer::run`], woken by `wake`, which a listener of the process's (see
+    /// [`super::Wakeups`]) notifies.
+    pub async fn run_woken(self, shutdown: CancellationToken, wake: Arc<Notify>) {
         let this = Arc::new(self);
         let purge = tokio::spawn(purge_delivered(
             this.pool.clone(),
@@ -221,7 +227,6 @@ impl Deliverer {
                 "event deliveries still unfinished at shutdown; they are sent again when their lease ends"
             );
         }
-        listener.abort();
         purge.abort();
     }
 

@@ -69,13 +69,19 @@ impl Dispatcher {
         let wake = Arc::new(Notify::new());
         let listening = listen(
             self.worker.pool.clone(),
-            WAKEUP_CHANNEL,
-            wake.clone(),
+            vec![(WAKEUP_CHANNEL, wake.clone())],
             shutdown.clone(),
         );
         // The listener wakes us once it is listening, so a notification sent before then
         // is still followed by a claim.
         let listener = tokio::spawn(listening.run());
+        self.run_woken(shutdown, wake).await;
+        listener.abort();
+    }
+
+    /// [`Dispatcher::run`], woken by `wake`, which a listener of the process's (see
+    /// [`super::Wakeups`]) notifies.
+    pub async fn run_woken(self, shutdown: CancellationToken, wake: Arc<Notify>) {
         let mut woken_at: Option<std::time::Instant> = None;
         loop {
             // Claim until nothing more can be claimed (queue empty, cap full, numbers busy).
@@ -119,7 +125,6 @@ impl Dispatcher {
                 "provider requests still unfinished at shutdown; the sweeper will resend them"
             );
         }
-        listener.abort();
     }
 
     /// How long to sleep when there is nothing to claim: until the next retry falls due,
@@ -144,22 +149,20 @@ impl Dispatcher {
 
 pub(super) struct Listening {
     pool: sqlx::PgPool,
-    channel: &'static str,
-    wake: Arc<Notify>,
+    channels: Vec<(&'static str, Arc<Notify>)>,
     shutdown: CancellationToken,
 }
 
-/// LISTENs on `channel` and wakes `wake` for each notification (see [`Listening::run`]).
+/// LISTENs on each channel, on one connection, and wakes its `Notify` for each of its
+/// notifications (see [`Listening::run`]).
 pub(super) fn listen(
     pool: sqlx::PgPool,
-    channel: &'static str,
-    wake: Arc<Notify>,
+    channels: Vec<(&'static str, Arc<Notify>)>,
     shutdown: CancellationToken,
 ) -> Listening {
     Listening {
         pool,
-        channel,
-        wake,
+        channels,
         shutdown,
     }
 }
@@ -180,18 +183,30 @@ impl Listening {
                     received = listener.try_recv() => received,
                 };
                 match received {
-                    Ok(Some(_)) => self.wake.notify_one(),
+                    Ok(Some(notification)) => {
+                        for (channel, wake) in &self.channels {
+                            if notification.channel() == *channel {
+                                wake.notify_one();
+                            }
+                        }
+                    }
                     Ok(None) => {
                         tracing::warn!("LISTEN connection lost; reconnecting");
-                        self.wake.notify_one();
+                        self.wake_all();
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "LISTEN failed; reconnecting");
-                        self.wake.notify_one();
+                        self.wake_all();
                         break;
                     }
                 }
             }
+        }
+    }
+
+    fn wake_all(&self) {
+        for (_, wake) in &self.channels {
+            wake.notify_one();
         }
     }
 
@@ -200,7 +215,8 @@ impl Listening {
         loop {
             let attempt = async {
                 let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(self.channel).await?;
+                let channels: Vec<&str> = self.channels.iter().map(|(c, _)| *c).collect();
+                listener.listen_all(channels).await?;
                 Ok::<_, sqlx::Error>(listener)
             };
             tokio::select! {
@@ -208,7 +224,7 @@ impl Listening {
                 result = attempt => match result {
                     Ok(listener) => {
                         // Anything that happened while we were not listening is caught by a claim.
-                        self.wake.notify_one();
+                        self.wake_all();
                         return Some(listener);
                     }
                     Err(err) => tracing::warn!(error = %err, "cannot LISTEN yet; retrying"),

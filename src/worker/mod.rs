@@ -24,6 +24,32 @@ use crate::{
     provider::{CallProvider, RESENDS},
 };
 
+/// The wake-ups of one process's dispatcher and delivery worker, from one LISTEN
+/// connection: PostgreSQL wakes every listening backend for every notification, whatever
+/// its channel, so a second connection would be woken by every commit that frees a slot.
+pub struct Wakeups {
+    /// `call_orchestrator_wakeup`: calls to claim, slots freed.
+    pub calls: Arc<tokio::sync::Notify>,
+    /// `call_orchestrator_events`: deliveries made.
+    pub events: Arc<tokio::sync::Notify>,
+}
+
+impl Wakeups {
+    /// Starts listening on the current Tokio runtime, until `shutdown`.
+    pub fn spawn(pool: PgPool, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        let wakeups = Self {
+            calls: Arc::default(),
+            events: Arc::default(),
+        };
+        let channels = vec![
+            (db::WAKEUP_CHANNEL, wakeups.calls.clone()),
+            (db::EVENTS_CHANNEL, wakeups.events.clone()),
+        ];
+        tokio::spawn(dispatcher::listen(pool, channels, shutdown).run());
+        wakeups
+    }
+}
+
 /// What the dispatcher and the sweeper need to know.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
