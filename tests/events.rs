@@ -84,6 +84,16 @@ async fn end_call(app: &TestApp, external: &str, status: &str) {
     assert_eq!(code, StatusCode::OK, "{body}");
 }
 
+/// Creates a call and cancels it (a `call.cancelled` event); returns its id.
+async fn cancelled(app: &TestApp, to: &str) -> String {
+    let id = app.create_call(to).await["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .post(&format!("/api/v1/calls/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    id
+}
+
 async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
     let (status, body) = app
         .get(&format!(
@@ -94,20 +104,32 @@ async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<Value> {
     body["data"].as_array().unwrap().clone()
 }
 
-/// Waits until every delivery of `endpoint` is in `status`.
-async fn settled(app: &TestApp, endpoint: &str, n: usize, status: &str) -> Vec<Value> {
+/// Waits until the deliveries of `endpoint` satisfy `done`; returns them.
+async fn deliveries_when(
+    app: &TestApp,
+    endpoint: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let list = deliveries(app, endpoint).await;
-        if list.len() == n && list.iter().all(|d| d["status"] == status) {
+        if done(&list) {
             return list;
         }
         assert!(
             Instant::now() < deadline,
-            "deliveries did not settle: {list:?}"
+            "deliveries did not come to it: {list:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until every delivery of `endpoint`, `n` of them, is in `status`.
+async fn settled(app: &TestApp, endpoint: &str, n: usize, status: &str) -> Vec<Value> {
+    deliveries_when(app, endpoint, |list| {
+        list.len() == n && list.iter().all(|d| d["status"] == status)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -308,18 +330,11 @@ async fn every_event_type_comes_from_its_transition() {
     assert_eq!(data, app.call(&failing).await);
 
     // call.cancelled, by the API.
-    let cancelled = app.create_call("+14155550102").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = app
-        .post(&format!("/api/v1/calls/{cancelled}/cancel"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let gone = cancelled(&app, "+14155550102").await;
     let got = receiver.wait_for(4, Duration::from_secs(10)).await;
     assert_eq!(
         check(&got[3], &secret, "call.cancelled")["id"],
-        cancelled.as_str()
+        gone.as_str()
     );
 
     // call.expired, by an operator's UPDATE: whoever writes, the event is recorded.
@@ -485,12 +500,7 @@ async fn subscriptions_choose_the_events_and_disabled_endpoints_get_none() {
 
     let (_, external) = app.dialed("+14155550100").await;
     end_call(&app, &external, "COMPLETED").await;
-    let cancelled = app.create_call("+14155550101").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{cancelled}/cancel"), json!({}))
-        .await;
+    cancelled(&app, "+14155550101").await;
 
     let got = completions.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].event_type(), "call.completed");
@@ -509,12 +519,7 @@ async fn failed_tries_are_retried_on_schedule_with_one_webhook_id_then_fail_and_
     let receiver = Receiver::start().await;
     let (endpoint, secret) = register(&app, &receiver.url, json!(["call.cancelled"])).await;
     receiver.script([Answer::Status(500), Answer::Status(503)]);
-    let id = app.create_call("+14155550100").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{id}/cancel"), json!({}))
-        .await;
+    cancelled(&app, "+14155550100").await;
     let got = receiver.wait_for(3, Duration::from_secs(10)).await;
     assert!(
         got.iter().all(|g| g.id == got[0].id),
@@ -536,21 +541,9 @@ async fn failed_tries_are_retried_on_schedule_with_one_webhook_id_then_fail_and_
 
     // A schedule spent: FAILED, with the last answer; then sent again on demand.
     receiver.set_default(Answer::Status(500));
-    let other = app.create_call("+14155550101").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{other}/cancel"), json!({}))
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let failed = loop {
-        let list = deliveries(&app, &endpoint).await;
-        if list[0]["status"] == "FAILED" {
-            break list[0].clone();
-        }
-        assert!(Instant::now() < deadline, "{list:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    cancelled(&app, "+14155550101").await;
+    let failed =
+        deliveries_when(&app, &endpoint, |list| list[0]["status"] == "FAILED").await[0].clone();
     assert_eq!(failed["attempts"], 3);
     assert_eq!(failed["lastStatusCode"], 500);
     assert_eq!(failed["lastError"], "answered 500");
@@ -576,12 +569,7 @@ async fn failed_tries_are_retried_on_schedule_with_one_webhook_id_then_fail_and_
 
     // A Retry-After longer than the schedule's delay is honoured.
     receiver.script([Answer::RetryAfter(429, 2)]);
-    let third = app.create_call("+14155550102").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{third}/cancel"), json!({}))
-        .await;
+    cancelled(&app, "+14155550102").await;
     let got = receiver.wait_for(9, Duration::from_secs(10)).await;
     assert!(
         got[8].at - got[7].at >= Duration::from_millis(1900),
@@ -605,12 +593,7 @@ async fn rotation_signs_with_both_secrets_for_a_while() {
     let new = body["data"]["secret"].as_str().unwrap().to_owned();
     assert_ne!(new, old);
     assert!(body["data"]["previousSecretExpiresAt"].is_string());
-    let id = app.create_call("+14155550100").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{id}/cancel"), json!({}))
-        .await;
+    cancelled(&app, "+14155550100").await;
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(
         got[0].signature.split(' ').count(),
@@ -630,12 +613,7 @@ async fn rotation_signs_with_both_secrets_for_a_while() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let newest = body["data"]["secret"].as_str().unwrap().to_owned();
     assert_eq!(body["data"]["previousSecretExpiresAt"], Value::Null);
-    let id = app.create_call("+14155550101").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{id}/cancel"), json!({}))
-        .await;
+    cancelled(&app, "+14155550101").await;
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     assert!(got[1].verifies_with(&newest));
     assert!(!got[1].verifies_with(&new) && !got[1].verifies_with(&old));
@@ -683,24 +661,13 @@ async fn urls_that_reach_private_networks_are_refused_at_registration_and_at_sen
         )
         .await
     };
-    let id = app.create_call("+14155550100").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{id}/cancel"), json!({}))
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let list = deliveries(&app, &endpoint).await;
-        if list
-            .first()
+    cancelled(&app, "+14155550100").await;
+    let refused = deliveries_when(&app, &endpoint, |list| {
+        list.first()
             .is_some_and(|d| d["attempts"].as_i64() >= Some(1) && d["lastError"].is_string())
-        {
-            break list[0].clone();
-        }
-        assert!(Instant::now() < deadline, "{list:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await[0]
+        .clone();
     let error = refused["lastError"].as_str().unwrap();
     assert!(error.starts_with("refused:"), "{error}");
     assert!(error.contains("loopback or private"), "{error}");
@@ -746,18 +713,12 @@ async fn purging_keeps_what_is_pending_or_failed() {
     let (_provider, app, worker) = setup().await;
     let receiver = Receiver::start().await;
     let (endpoint, _) = register(&app, &receiver.url, json!(["call.cancelled"])).await;
-    let cancel = async |to: &str| {
-        let id = app.create_call(to).await["id"].as_str().unwrap().to_owned();
-        app.post(&format!("/api/v1/calls/{id}/cancel"), json!({}))
-            .await;
-        id
-    };
-    cancel("+14155550100").await;
-    cancel("+14155550101").await;
+    cancelled(&app, "+14155550100").await;
+    cancelled(&app, "+14155550101").await;
     settled(&app, &endpoint, 2, "DELIVERED").await;
     worker.cancel();
     // A third event left pending, and an event no endpoint takes.
-    cancel("+14155550102").await;
+    cancelled(&app, "+14155550102").await;
     let expired = app.create_call("+14155550103").await["id"]
         .as_str()
         .unwrap()
@@ -843,12 +804,7 @@ async fn the_standard_webhooks_python_library_verifies_every_delivery() {
     let (_, secret) = register(&app, &receiver.url, json!(["*"])).await;
     let (_, external) = app.dialed("+14155550100").await;
     end_call(&app, &external, "COMPLETED").await;
-    let id = app.create_call("+14155550101").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.post(&format!("/api/v1/calls/{id}/cancel"), json!({}))
-        .await;
+    cancelled(&app, "+14155550101").await;
     let got = receiver.wait_for(2, Duration::from_secs(10)).await;
     let input = json!({
         "secret": secret,
