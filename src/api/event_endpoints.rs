@@ -265,8 +265,7 @@ impl EventEndpointsApi {
                 secret: &secret,
             },
         )
-        .await
-        .map_err(|err| ApiError::from_db(err, Uuid::nil()))?;
+        .await?;
         tracing::info!(endpoint_id = %endpoint.id, url = %endpoint.url, "event endpoint registered");
         Ok(CreatedEndpoint::Created(with_secret(
             &state.event_keys,
@@ -291,9 +290,7 @@ impl EventEndpointsApi {
         limit: Query<Option<i64>>,
     ) -> Result<Json<EventEndpointPage>, ApiError> {
         let (page, limit) = page_and_limit(page.0, limit.0)?;
-        let (endpoints, total) = db::list_endpoints(&state.pool, page, limit)
-            .await
-            .map_err(|err| ApiError::from_db(err, Uuid::nil()))?;
+        let (endpoints, total) = db::list_endpoints(&state.pool, page, limit).await?;
         Ok(Json(EventEndpointPage {
             success: true,
             data: endpoints.into_iter().map(EventEndpoint::of).collect(),
@@ -313,8 +310,7 @@ impl EventEndpointsApi {
         id: Path<Uuid>,
     ) -> Result<Json<EventEndpointEnvelope>, ApiError> {
         let endpoint = db::get_endpoint(&state.pool, id.0)
-            .await
-            .map_err(|err| ApiError::from_db(err, id.0))?
+            .await?
             .ok_or_else(|| endpoint_not_found(id.0))?;
         Ok(answer(endpoint))
     }
@@ -340,8 +336,7 @@ impl EventEndpointsApi {
             .await
             .map_err(ApiError::validation)?;
         let endpoint = db::update_endpoint(&state.pool, id.0, &change)
-            .await
-            .map_err(|err| ApiError::from_db(err, id.0))?
+            .await?
             .ok_or_else(|| endpoint_not_found(id.0))?;
         tracing::info!(endpoint_id = %endpoint.id, "event endpoint updated");
         Ok(answer(endpoint))
@@ -361,8 +356,7 @@ impl EventEndpointsApi {
         id: Path<Uuid>,
     ) -> Result<Json<EventEndpointEnvelope>, ApiError> {
         let endpoint = db::delete_endpoint(&state.pool, id.0)
-            .await
-            .map_err(|err| ApiError::from_db(err, id.0))?
+            .await?
             .ok_or_else(|| endpoint_not_found(id.0))?;
         tracing::info!(endpoint_id = %endpoint.id, "event endpoint removed");
         Ok(answer(endpoint))
@@ -403,8 +397,7 @@ impl EventEndpointsApi {
         let until = (!keep.is_zero())
             .then(|| chrono::Utc::now() + chrono::Duration::from_std(keep).unwrap_or_default());
         let endpoint = db::rotate_secret(&state.pool, id.0, &secret, until)
-            .await
-            .map_err(|err| ApiError::from_db(err, id.0))?
+            .await?
             .ok_or_else(|| endpoint_not_found(id.0))?;
         tracing::info!(endpoint_id = %endpoint.id, "event endpoint secret rotated");
         with_secret(&state.event_keys, endpoint)
@@ -432,13 +425,10 @@ impl EventEndpointsApi {
     ) -> Result<Json<EventDeliveryPage>, ApiError> {
         let (page, limit) = page_and_limit(page.0, limit.0)?;
         db::get_endpoint(&state.pool, id.0)
-            .await
-            .map_err(|err| ApiError::from_db(err, id.0))?
+            .await?
             .ok_or_else(|| endpoint_not_found(id.0))?;
         let (deliveries, total) =
-            db::list_deliveries(&state.pool, id.0, status.0.map(Into::into), page, limit)
-                .await
-                .map_err(|err| ApiError::from_db(err, id.0))?;
+            db::list_deliveries(&state.pool, id.0, status.0.map(Into::into), page, limit).await?;
         Ok(Json(EventDeliveryPage {
             success: true,
             data: deliveries.into_iter().map(EventDelivery::of).collect(),
@@ -461,8 +451,7 @@ impl EventEndpointsApi {
         id: Path<Uuid>,
     ) -> Result<Json<EventDeliveryEnvelope>, ApiError> {
         let delivery = db::retry_delivery(&state.pool, id.0)
-            .await
-            .map_err(|err| ApiError::from_db(err, id.0))?
+            .await?
             .ok_or_else(|| {
                 ApiError::NotFound(super::error::envelope(
                     "DELIVERY_NOT_FOUND",

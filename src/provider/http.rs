@@ -65,7 +65,8 @@ pub(super) fn truncate(text: &str) -> String {
     format!("{}…", &clean[..end])
 }
 
-pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
+/// An error and its causes, on one line.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

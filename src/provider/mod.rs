@@ -27,6 +27,7 @@ use crate::{
 };
 
 pub use generic::{GenericProvider, RESENDS, WebhookPayload};
+pub(crate) use http::error_chain;
 pub use http::{MAX_ANSWER_BYTES, retry_after, unknown_resend_delay};
 
 /// One vendor's API, as the service uses it.

@@ -233,18 +233,10 @@ impl Deliverer {
     /// Until the next delivery falls due, at most the poll. One due already, that the claim
     /// could not take (its endpoint's tries are all in flight), waits for one of them to end.
     async fn idle_wait(&self) -> Duration {
-        let poll = self.settings.poll_interval;
-        match db::next_delivery_due(&self.pool).await {
-            Ok(Some(due)) => {
-                let until = (due - Utc::now()).to_std().unwrap_or_default();
-                if until.is_zero() {
-                    poll
-                } else {
-                    until.min(poll) + Duration::from_millis(5)
-                }
-            }
-            _ => poll,
-        }
+        super::until_due(
+            db::next_delivery_due(&self.pool).await,
+            self.settings.poll_interval,
+        )
     }
 
     /// Claims up to `limit` deliveries and renders their bodies.

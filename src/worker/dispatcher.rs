@@ -130,20 +130,12 @@ impl Dispatcher {
     /// How long to sleep when there is nothing to claim: until the next retry falls due,
     /// at most the poll interval (the safety net under LISTEN/NOTIFY).
     async fn idle_wait(&self) -> Duration {
-        let poll = self.worker.settings.poll_interval;
-        match db::next_due(&self.worker.pool).await {
-            Ok(Some(due)) => {
-                let until = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-                // Due already but not claimable (cap full, number busy): a slot freeing
-                // up will notify us; until then, only the poll.
-                if until.is_zero() {
-                    poll
-                } else {
-                    until.min(poll) + Duration::from_millis(5)
-                }
-            }
-            _ => poll,
-        }
+        // Due already but not claimable (cap full, number busy): a slot freeing up will
+        // notify us; until then, only the poll.
+        super::until_due(
+            db::next_due(&self.worker.pool).await,
+            self.worker.settings.poll_interval,
+        )
     }
 }
 

@@ -50,6 +50,24 @@ impl Wakeups {
     }
 }
 
+/// How long an idle loop sleeps when the next piece of work falls due at `due`: until then
+/// (and a few milliseconds, so that it is due when the loop wakes), at most `poll`. Work due
+/// already, that the loop could not take, waits for a wake-up or the poll; so does a
+/// loop that could not ask.
+fn until_due<E>(due: Result<Option<chrono::DateTime<chrono::Utc>>, E>, poll: Duration) -> Duration {
+    match due {
+        Ok(Some(due)) => {
+            let until = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+            if until.is_zero() {
+                poll
+            } else {
+                until.min(poll) + Duration::from_millis(5)
+            }
+        }
+        _ => poll,
+    }
+}
+
 /// What the dispatcher and the sweeper need to know.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {

@@ -177,7 +177,13 @@ pub async fn send(client: &reqwest::Client, allow_private: bool, out: Outgoing<'
         Err(err) if err.is_timeout() => Sent::Timeout,
         Err(err) => match refused_name(&err) {
             Some(why) => Sent::Refused(why),
-            None => Sent::Unreachable(chain(&err)),
+            // Bounded: it goes into the delivery's `lastError`.
+            None => Sent::Unreachable(
+                crate::provider::error_chain(&err)
+                    .chars()
+                    .take(500)
+                    .collect(),
+            ),
         },
     }
 }
@@ -191,20 +197,6 @@ fn refused_name(err: &reqwest::Error) -> Option<String> {
         source = e.source();
     }
     None
-}
-
-/// An error and its causes on one line, for `lastError` (bounded).
-fn chain(err: &reqwest::Error) -> String {
-    let mut text = String::new();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text.chars().take(500).collect()
 }
 
 #[cfg(test)]
