@@ -675,6 +675,26 @@ async fn urls_that_reach_private_networks_are_refused_at_registration_and_at_sen
 }
 
 #[tokio::test]
+async fn a_redirect_is_a_failed_try_and_is_not_followed() {
+    let (_provider, app, _worker) = setup().await;
+    let (moved, elsewhere) = (Receiver::start().await, Receiver::start().await);
+    moved.set_default(Answer::Redirect(elsewhere.url.clone()));
+    let (endpoint, _) = register(&app, &moved.url, json!(["call.cancelled"])).await;
+    cancelled(&app, "+14155550100").await;
+    // Every try answered 307: each a failed try, the schedule spent, and the place the
+    // redirect pointed to never hears of it.
+    let list = settled(&app, &endpoint, 1, "FAILED").await;
+    assert_eq!(list[0]["attempts"], 3);
+    assert_eq!(list[0]["lastStatusCode"], 307);
+    assert_eq!(
+        list[0]["lastError"],
+        "answered 307, a redirect, which is not followed"
+    );
+    assert_eq!(moved.got().len(), 3);
+    assert!(elsewhere.got().is_empty(), "the redirect was followed");
+}
+
+#[tokio::test]
 async fn a_dead_endpoint_never_holds_back_a_live_one() {
     let (_provider, app, _worker) = setup_with(|c| {
         c.event_max_in_flight_per_endpoint = 2;

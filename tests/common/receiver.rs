@@ -20,6 +20,8 @@ pub enum Answer {
     RetryAfter(u16, u64),
     /// No answer for this long.
     Hang(Duration),
+    /// 307 to this URL.
+    Redirect(String),
 }
 
 /// One delivery received.
@@ -179,6 +181,10 @@ impl Receiver {
                 .status(StatusCode::from_u16(code).unwrap())
                 .header("Retry-After", secs.to_string())
                 .body("later"),
+            Answer::Redirect(to) => Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("Location", to)
+                .body("elsewhere"),
             Answer::Hang(pause) => {
                 tokio::time::sleep(pause).await;
                 Response::builder().status(StatusCode::OK).body("late")
