@@ -326,6 +326,18 @@ pub async fn run_parts(
             crate::worker::keep_queue_lean(upkeep_pool, token).await;
             Ok(())
         });
+        let (token, fold_pool) = (shutdown.clone(), worker.pool.clone());
+        parts.spawn(async move {
+            crate::worker::keep_counts_folded(fold_pool, token).await;
+            Ok(())
+        });
+        if let Some(period) = config.retention_period {
+            let (token, retention_pool) = (shutdown.clone(), worker.pool.clone());
+            parts.spawn(async move {
+                crate::worker::keep_retention(retention_pool, period, token).await;
+                Ok(())
+            });
+        }
         let wakeups = Wakeups::spawn(worker.pool.clone(), shutdown.clone());
         let deliverer = Deliverer::new(worker.pool.clone(), EventSettings::from_config(config));
         let (token, wake) = (shutdown.clone(), wakeups.events);

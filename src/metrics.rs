@@ -53,6 +53,9 @@ fn export_at_zero() {
     for outcome in ["delivered", "failed"] {
         counter!("call_orchestrator_event_deliveries_total", "outcome" => outcome).increment(0);
     }
+    for what in ["calls", "events"] {
+        counter!("call_orchestrator_retention_deleted_total", "what" => what).increment(0);
+    }
     counter!("call_orchestrator_claimed_total").increment(0);
     counter!("call_orchestrator_calls_expired_total").increment(0);
     counter!("call_orchestrator_attempts_rescued_total").increment(0);
@@ -190,6 +193,13 @@ pub fn webhook(outcome: &'static str) {
 /// How long a due call waited for its claim.
 pub fn dispatch_delay(delay: Duration) {
     histogram!("call_orchestrator_dispatch_delay_seconds").record(delay.as_secs_f64());
+}
+
+/// What a batch of retention deleted.
+pub fn retention_deleted(batch: crate::db::Retained) {
+    counter!("call_orchestrator_retention_deleted_total", "what" => "calls").increment(batch.calls);
+    counter!("call_orchestrator_retention_deleted_total", "what" => "events")
+        .increment(batch.events);
 }
 
 pub fn expired(calls: usize) {

@@ -258,7 +258,7 @@ async fn list_is_newest_first_filtered_and_paginated() {
     assert_eq!(listed, newest_first);
     assert_eq!(
         body["pagination"],
-        json!({"page": 1, "limit": 10, "total": 5, "totalPages": 1})
+        json!({"page": 1, "limit": 10, "total": 5, "totalPages": 1, "nextCursor": null})
     );
 
     let (_, body) = app.get("/api/v1/calls?limit=2&page=2").await;
@@ -269,9 +269,12 @@ async fn list_is_newest_first_filtered_and_paginated() {
         .map(|c| c["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(listed, [ids[2].clone(), ids[1].clone()]);
+    let mut pagination = body["pagination"].clone();
+    let cursor = pagination["nextCursor"].take();
+    assert!(cursor.is_string(), "a page with more after it: {cursor}");
     assert_eq!(
-        body["pagination"],
-        json!({"page": 2, "limit": 2, "total": 5, "totalPages": 3})
+        pagination,
+        json!({"page": 2, "limit": 2, "total": 5, "totalPages": 3, "nextCursor": null})
     );
 
     let (_, body) = app.get("/api/v1/calls?page=9").await;

@@ -44,6 +44,9 @@ fn bad_configuration_is_one_line_and_exit_status_2() {
         ("AI_CALL_FROM_NUMBER", "5550100"),
         ("TWILIO_TWIML_URL", "twiml"),
         ("RECONCILE_AFTER", "0s"),
+        ("RETENTION_PERIOD", "12h"),
+        ("RETENTION_PERIOD", "forever"),
+        ("RETENTION_PERIOD", "1000years"),
     ] {
         assert_config_error(command(&["migrate"]).env(variable, value), variable);
     }

@@ -123,6 +123,20 @@ async fn every_operator_query_runs_and_explains_the_queue() {
     let mended = psql(&app, "queue_drift.sql", &[("mend", "1")]);
     assert!(mended.contains("(0 rows)"), "{mended}");
 
+    // The kept counts: none off, then one made off by hand, then mended.
+    assert!(psql(&app, "count_drift.sql", &[]).contains("(0 rows)"));
+    sqlx::query("INSERT INTO call_count_changes (status, delta) VALUES ('FAILED', 7)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let drift = psql(&app, "count_drift.sql", &[]);
+    assert!(
+        drift.contains("all calls") && drift.contains("FAILED") && drift.contains("(1 row)"),
+        "{drift}"
+    );
+    let mended = psql(&app, "count_drift.sql", &[("mend", "1")]);
+    assert!(mended.contains("(0 rows)"), "{mended}");
+
     let why = |call: &str| psql(&app, "why_waiting.sql", &[("call_id", call), ("cap", "2")]);
     assert!(why(&busy_b).contains("backoff: due in"), "{}", why(&busy_b));
     assert!(

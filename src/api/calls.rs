@@ -23,7 +23,7 @@ use super::{
         SkippedCall, Status, StatusCounts,
     },
     requests::{
-        open_campaign, page_and_limit, pagination, parse_batch, parse_request, parse_timing,
+        list_pagination, open_campaign, page_or_cursor, parse_batch, parse_request, parse_timing,
         plus_decoded_as_space, together,
     },
 };
@@ -316,9 +316,16 @@ impl CallsApi {
 
     /// List calls
     ///
-    /// Newest first, optionally filtered by status and by number. Out-of-range `page` or
+    /// Newest first, optionally filtered by status, number and campaign. A page by number
+    /// (`page`) says how many calls match (`total`, from the counts the database keeps); for
+    /// deep pages, follow `pagination.nextCursor` with `after` instead, which costs the same
+    /// on every page and stays consistent while calls are created. Out-of-range `page` or
     /// `limit` is 400, not clamped.
     #[oai(path = "/calls", method = "get", operation_id = "listCalls")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per query parameter"
+    )]
     async fn list(
         &self,
         state: Data<&Arc<ApiState>>,
@@ -331,10 +338,12 @@ impl CallsApi {
         campaign_id: Query<Option<Uuid>>,
         /// Page number, from 1 (default 1).
         page: Query<Option<i64>>,
+        /// The `pagination.nextCursor` of the previous page, instead of `page`.
+        after: Query<Option<String>>,
         /// Calls per page, 1 to 100 (default 10).
         limit: Query<Option<i64>>,
     ) -> Result<Json<CallPage>, ApiError> {
-        let (page, limit) = page_and_limit(page.0, limit.0)?;
+        let (page, limit) = page_or_cursor(page.0, after.0.as_deref(), limit.0)?;
         let to = match to.0.as_deref().map(plus_decoded_as_space) {
             Some(raw) => Some(PhoneNumber::parse(&raw).map_err(|err| {
                 ApiError::bad_request("INVALID_PARAMETER", format!("`to` {err}"))
@@ -348,14 +357,15 @@ impl CallsApi {
             page,
             limit,
         };
-        let (calls, total) = db::list_calls(&state.pool, &filter).await?;
+        let listed = db::list_calls(&state.pool, &filter).await?;
         Ok(Json(CallPage {
             success: true,
-            data: calls
+            data: listed
+                .items
                 .into_iter()
                 .map(|call| Call::of(call, &state.rules))
                 .collect(),
-            pagination: pagination(filter.page, filter.limit, total),
+            pagination: list_pagination(filter.page, filter.limit, listed.total, listed.next),
         }))
     }
 

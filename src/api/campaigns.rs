@@ -21,7 +21,7 @@ use super::{
         Campaign, CampaignCallsRequest, CampaignEnvelope, CampaignPage, CampaignStatusName,
         CreateCampaignRequest,
     },
-    requests::{instant, open_campaign, page_and_limit, pagination, parse_batch},
+    requests::{instant, list_pagination, open_campaign, page_or_cursor, parse_batch},
 };
 use crate::{
     db::{self, CampaignAction},
@@ -251,16 +251,17 @@ impl CampaignsApi {
         status: Query<Option<CampaignStatusName>>,
         /// Page number, from 1 (default 1).
         page: Query<Option<i64>>,
+        /// The `pagination.nextCursor` of the previous page, instead of `page`.
+        after: Query<Option<String>>,
         /// Campaigns per page, 1 to 100 (default 10).
         limit: Query<Option<i64>>,
     ) -> Result<Json<CampaignPage>, ApiError> {
-        let (page, limit) = page_and_limit(page.0, limit.0)?;
-        let (campaigns, total) =
-            db::list_campaigns(&state.pool, status.0.map(Into::into), page, limit).await?;
+        let (page, limit) = page_or_cursor(page.0, after.0.as_deref(), limit.0)?;
+        let listed = db::list_campaigns(&state.pool, status.0.map(Into::into), page, limit).await?;
         Ok(Json(CampaignPage {
             success: true,
-            data: campaigns.into_iter().map(Campaign::of).collect(),
-            pagination: pagination(page, limit, total),
+            data: listed.items.into_iter().map(Campaign::of).collect(),
+            pagination: list_pagination(page, limit, listed.total, listed.next),
         }))
     }
 

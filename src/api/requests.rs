@@ -5,14 +5,14 @@ use poem_openapi::types::ParseFromJSON;
 use super::{
     MAX_BATCH,
     error::{ApiError, envelope},
-    models::{BatchItem, CreateCallRequest, ErrorDetail, Pagination},
+    models::{BatchItem, CreateCallRequest, ErrorDetail, ListPagination, Pagination},
 };
 use chrono::{DateTime, Utc};
 
 use uuid::Uuid;
 
 use crate::{
-    db::{CampaignForCalls, NewCall},
+    db::{CampaignForCalls, NewCall, Page},
     domain::{
         CallPayload, CallTiming, CampaignRules, FieldError,
         schedule::{CallingWindow, Rules, next_common_opening},
@@ -55,6 +55,59 @@ pub(super) fn page_and_limit(
         ));
     }
     Ok((page as u32, limit as u32))
+}
+
+/// Where a page of calls or campaigns starts, and its `limit`: `page` (by number, the
+/// default) or `after` (a cursor), not both; anything else is 400.
+pub(super) fn page_or_cursor(
+    page: Option<i64>,
+    after: Option<&str>,
+    limit: Option<i64>,
+) -> Result<(Page, u32), ApiError> {
+    let (number, limit) = page_and_limit(page, limit)?;
+    let Some(after) = after else {
+        return Ok((Page::Number(number), limit));
+    };
+    if page.is_some() {
+        return Err(ApiError::bad_request(
+            "INVALID_PARAMETER",
+            "`page` and `after` cannot be used together: `after` starts where the page it \
+             came from ended",
+        ));
+    }
+    let seq = after
+        .parse::<i64>()
+        .ok()
+        .filter(|seq| *seq > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "INVALID_PARAMETER",
+                "`after` must be the `nextCursor` of an earlier page",
+            )
+        })?;
+    Ok((Page::After(seq), limit))
+}
+
+/// The pagination of a page of calls or campaigns: with its total for a page by number.
+pub(super) fn list_pagination(
+    page: Page,
+    limit: u32,
+    total: Option<i64>,
+    next: Option<i64>,
+) -> ListPagination {
+    let number = match page {
+        Page::Number(number) => Some(number),
+        Page::After(_) => None,
+    };
+    ListPagination {
+        page: number,
+        limit,
+        total: total.filter(|_| number.is_some()),
+        total_pages: total
+            .filter(|_| number.is_some())
+            .map(|total| (total + i64::from(limit) - 1) / i64::from(limit)),
+        next_cursor: next.map(|seq| seq.to_string()),
+    }
 }
 
 /// The pagination of a page of `limit` items out of `total`.

@@ -55,6 +55,7 @@ pub const KEYS: &[&str] = &[
     "RETRY_DELAY_NO_ANSWER",
     "RETRY_DELAY_VOICEMAIL",
     "RETRY_DELAY_FAILED",
+    "RETENTION_PERIOD",
     "API_KEYS",
     "EVENT_SECRET_KEY",
     "EVENT_ALLOW_PRIVATE_URLS",
@@ -177,6 +178,10 @@ pub struct Config {
     pub retry_delay_voicemail: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub retry_delay_failed: Option<Duration>,
+    /// Final calls whose `completedAt` is older than this are deleted, with their attempts,
+    /// timeline and events; unset keeps them all.
+    #[serde(default, with = "humantime_serde")]
+    pub retention_period: Option<Duration>,
     /// Comma-separated bearer keys; empty means no authentication.
     pub api_keys: Option<Secret>,
     /// The keys event endpoints' signing secrets are derived from (comma-separated, newest
@@ -251,6 +256,7 @@ impl Default for Config {
             retry_delay_no_answer: None,
             retry_delay_voicemail: None,
             retry_delay_failed: None,
+            retention_period: None,
             api_keys: None,
             event_secret_key: None,
             event_allow_private_urls: false,

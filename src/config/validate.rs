@@ -84,6 +84,23 @@ impl Config {
                 "must be at least 1m",
             ));
         }
+        if let Some(period) = self.retention_period {
+            // A final call younger than a day may still answer an Idempotency-Key (held 24 h),
+            // and its attempts still count towards MAX_ATTEMPTS_PER_NUMBER_PER_DAY.
+            if period < Duration::from_secs(24 * 3600) {
+                return Err(ConfigError::at(
+                    "retention_period",
+                    "must be at least 1d: Idempotency-Keys and the daily attempts of a number \
+                     look back 24 hours",
+                ));
+            }
+            if period > Duration::from_secs(100 * 366 * 24 * 3600) {
+                return Err(ConfigError::at(
+                    "retention_period",
+                    "must be at most 100 years (leave it unset to keep every call)",
+                ));
+            }
+        }
         if self.metrics_port == Some(0) {
             return Err(ConfigError::at(
                 "metrics_port",

@@ -15,7 +15,6 @@ use crate::domain::{
 #[derive(sqlx::FromRow)]
 pub(crate) struct CallRow {
     id: Uuid,
-    #[allow(dead_code)]
     seq: i64,
     to_number: String,
     script_id: String,
@@ -484,9 +483,34 @@ pub struct CallFilter {
     pub status: Option<CallStatus>,
     pub to: Option<PhoneNumber>,
     pub campaign_id: Option<Uuid>,
-    /// From 1.
-    pub page: u32,
+    /// Which page: by number (from 1), or after a cursor.
+    pub page: Page,
     pub limit: u32,
+}
+
+/// Where a page of a list starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// The page of this number, from 1; costs a walk over the pages before it.
+    Number(u32),
+    /// The items after the last one of an earlier page (its `seq`); costs only the page.
+    After(i64),
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page::Number(1)
+    }
+}
+
+/// One page of a list, newest first.
+#[derive(Clone, Debug)]
+pub struct ListPage<T> {
+    pub items: Vec<T>,
+    /// How many items match the filter; only for a page by number.
+    pub total: Option<i64>,
+    /// The cursor of the next page (the `seq` of this page's last item); `None` on the last.
+    pub next: Option<i64>,
 }
 
 fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &CallFilter) {
@@ -504,28 +528,89 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &CallFilter) {
     }
 }
 
-/// One page of calls, newest first, and the number of calls matching the filter.
-pub async fn list_calls(pool: &PgPool, filter: &CallFilter) -> Result<(Vec<Call>, i64), DbError> {
+/// One page of calls, newest first. A page by number also says how many calls match: from
+/// the counts the database keeps (by status, by campaign), or for a number from its index,
+/// never from a scan of `calls`.
+pub async fn list_calls(pool: &PgPool, filter: &CallFilter) -> Result<ListPage<Call>, DbError> {
     let mut query = QueryBuilder::new("SELECT * FROM calls");
     push_filter(&mut query, filter);
-    query
-        .push(" ORDER BY seq DESC LIMIT ")
-        .push_bind(i64::from(filter.limit))
-        .push(" OFFSET ")
-        .push_bind(i64::from(filter.page.saturating_sub(1)) * i64::from(filter.limit));
-    let rows: Vec<CallRow> = query.build_query_as().fetch_all(pool).await?;
-
-    let mut count = QueryBuilder::new("SELECT count(*) FROM calls");
-    push_filter(&mut count, filter);
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-    Ok((rows.into_iter().map(Call::from).collect(), total))
+    let limit = i64::from(filter.limit);
+    match filter.page {
+        Page::After(seq) => {
+            query
+                .push(" AND seq < ")
+                .push_bind(seq)
+                .push(" ORDER BY seq DESC LIMIT ")
+                .push_bind(limit + 1);
+        }
+        Page::Number(page) => {
+            query
+                .push(" ORDER BY seq DESC LIMIT ")
+                .push_bind(limit + 1)
+                .push(" OFFSET ")
+                .push_bind(i64::from(page.saturating_sub(1)) * limit);
+        }
+    }
+    let mut rows: Vec<CallRow> = query.build_query_as().fetch_all(pool).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(filter.limit as usize);
+        rows.last().map(|row| row.seq)
+    } else {
+        None
+    };
+    let total = match filter.page {
+        Page::After(_) => None,
+        Page::Number(_) => Some(count_matching(pool, filter).await?),
+    };
+    Ok(ListPage {
+        items: rows.into_iter().map(Call::from).collect(),
+        total,
+        next,
+    })
 }
 
-/// The number of calls in each status (statuses with none are absent).
+/// How many calls match `filter`: a number's calls from its index (a few per number), the
+/// others from the kept counts.
+async fn count_matching(pool: &PgPool, filter: &CallFilter) -> Result<i64, DbError> {
+    if filter.to.is_some() {
+        let mut count = QueryBuilder::new("SELECT count(*) FROM calls");
+        push_filter(&mut count, filter);
+        return Ok(count.build_query_scalar().fetch_one(pool).await?);
+    }
+    let counts = match filter.campaign_id {
+        Some(campaign) => super::campaigns::counts_of(pool, &[campaign])
+            .await?
+            .into_iter()
+            .map(|(_, status, calls)| (status, calls))
+            .collect(),
+        None => count_by_status(pool).await?,
+    };
+    Ok(counts
+        .into_iter()
+        .filter(|(status, _)| filter.status.is_none_or(|s| s == *status))
+        .map(|(_, calls)| calls)
+        .sum())
+}
+
+/// The number of calls in each status, from the counts the database keeps (see the
+/// call_counts migration): a few rows, however many calls are stored.
 pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(CallStatus, i64)>, DbError> {
     Ok(
-        sqlx::query_as("SELECT status, count(*) FROM calls GROUP BY status")
+        sqlx::query_as(include_str!("../../sql/queries/call_counts.sql"))
             .fetch_all(pool)
             .await?,
     )
 }
+
+/// Folds the changes of the calls' and the campaigns' counts into the counts, so that a
+/// read of them sums a few rows; returns how many changes were folded.
+pub async fn fold_counts(pool: &PgPool) -> Result<usize, DbError> {
+    let folded: i64 = sqlx::query_scalar(include_str!("../../sql/queries/fold_call_counts.sql"))
+        .bind(FOLD_BATCH)
+        .fetch_one(pool)
+        .await?;
+    Ok(folded as usize + super::campaigns::fold_campaign_counts(pool).await?)
+}
+
+/// Most count changes one fold takes.
+const FOLD_BATCH: i64 = 50_000;

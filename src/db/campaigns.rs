@@ -7,7 +7,11 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{DbError, calls::NewCall, claim::CLAIM_LOCK};
+use super::{
+    DbError,
+    calls::{ListPage, NewCall, Page},
+    claim::CLAIM_LOCK,
+};
 use crate::domain::{
     CallStatus, Campaign, CampaignRules, CampaignSettings, CampaignStatus, ScriptId,
 };
@@ -16,6 +20,7 @@ use crate::domain::{
 #[derive(sqlx::FromRow)]
 struct CampaignRow {
     id: Uuid,
+    seq: i64,
     name: String,
     script_id: Option<String>,
     max_concurrent_calls: Option<i32>,
@@ -143,7 +148,7 @@ pub async fn create_campaign(
 
 /// The counts of each of `ids`: the folded counts plus the changes not yet folded, in one
 /// statement (so one snapshot).
-async fn counts_of<'e, E>(
+pub(super) async fn counts_of<'e, E>(
     executor: E,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, CallStatus, i64)>, sqlx::Error>
@@ -205,39 +210,59 @@ where
     Ok(campaign_alone(executor, id).await?.settings.rules)
 }
 
-/// One page of campaigns, newest first, and how many match.
+/// One page of campaigns, newest first; a page by number also says how many match (from
+/// the campaigns' own indexes: a campaign is one row, however many calls it holds).
 pub async fn list_campaigns(
     pool: &PgPool,
     status: Option<CampaignStatus>,
-    page: u32,
+    page: Page,
     limit: u32,
-) -> Result<(Vec<Campaign>, i64), DbError> {
-    let rows: Vec<CampaignRow> = sqlx::query_as(
+) -> Result<ListPage<Campaign>, DbError> {
+    let (after, offset) = match page {
+        Page::After(seq) => (Some(seq), 0),
+        Page::Number(number) => (None, i64::from(number.saturating_sub(1)) * i64::from(limit)),
+    };
+    let mut rows: Vec<CampaignRow> = sqlx::query_as(
         "SELECT * FROM campaigns WHERE ($1::campaign_status IS NULL OR status = $1) \
+           AND ($4::bigint IS NULL OR seq < $4) \
          ORDER BY seq DESC LIMIT $2 OFFSET $3",
     )
     .bind(status)
-    .bind(i64::from(limit))
-    .bind(i64::from(page.saturating_sub(1)) * i64::from(limit))
+    .bind(i64::from(limit) + 1)
+    .bind(offset)
+    .bind(after)
     .fetch_all(pool)
     .await?;
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM campaigns WHERE ($1::campaign_status IS NULL OR status = $1)",
-    )
-    .bind(status)
-    .fetch_one(pool)
-    .await?;
+    let next = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| row.seq)
+    } else {
+        None
+    };
+    let total = match page {
+        Page::After(_) => None,
+        Page::Number(_) => Some(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM campaigns WHERE ($1::campaign_status IS NULL OR status = $1)",
+            )
+            .bind(status)
+            .fetch_one(pool)
+            .await?,
+        ),
+    };
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let counts = counts_of(pool, &ids).await?;
-    Ok((
-        rows.into_iter()
+    Ok(ListPage {
+        items: rows
+            .into_iter()
             .map(|row| {
                 let id = row.id;
                 row.into_campaign(counts_for(&counts, id))
             })
             .collect(),
         total,
-    ))
+        next,
+    })
 }
 
 /// Replaces a campaign's settings with what `apply` makes of the current ones, under the
@@ -386,7 +411,7 @@ pub async fn end_campaign_calls(pool: &PgPool) -> Result<usize, DbError> {
 
 /// Folds the count changes of the campaigns into their counts (a bounded number per call);
 /// returns how many changes were folded.
-pub async fn fold_campaign_counts(pool: &PgPool) -> Result<usize, DbError> {
+pub(super) async fn fold_campaign_counts(pool: &PgPool) -> Result<usize, DbError> {
     let folded: i64 =
         sqlx::query_scalar(include_str!("../../sql/queries/fold_campaign_counts.sql"))
             .bind(50_000_i64)

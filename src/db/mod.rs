@@ -25,15 +25,14 @@ use crate::domain::{WebhookUpdate, decide::WebhookOutcome};
 
 pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
-    CallFilter, CreateOutcome, IdempotencyKey, NewCall, Suppressed, cancel_call, count_by_status,
-    create_calls, create_calls_skipping, create_each, create_idempotent, get_call, list_calls,
-    update_call,
+    CallFilter, CreateOutcome, IdempotencyKey, ListPage, NewCall, Page, Suppressed, cancel_call,
+    count_by_status, create_calls, create_calls_skipping, create_each, create_idempotent,
+    fold_counts, get_call, list_calls, update_call,
 };
 pub use campaigns::{
     CANCEL_BATCH, CampaignAction, CampaignForCalls, CampaignRefusal, act_on_campaign,
-    campaign_for_calls, cancel_campaign_calls, create_campaign, end_campaign_calls,
-    fold_campaign_counts, forget_turns, get_campaign, list_campaigns, settle_campaigns,
-    update_campaign,
+    campaign_for_calls, cancel_campaign_calls, create_campaign, end_campaign_calls, forget_turns,
+    get_campaign, list_campaigns, settle_campaigns, update_campaign,
 };
 pub use claim::{Claimed, claim, next_due};
 pub use deliveries::{
@@ -55,8 +54,8 @@ pub use sweeps::{
     Reconcilable, expire_deadlines, expire_overdue, take_abandoned, take_reconcilable,
 };
 pub use upkeep::{
-    QUEUE_UPKEEP_LOCK, QueueUpkeep, owns_queue, purge_idempotency_keys, purge_webhook_receipts,
-    queue_upkeep,
+    QUEUE_UPKEEP_LOCK, QueueUpkeep, Retained, delete_old, owns_queue, purge_idempotency_keys,
+    purge_webhook_receipts, queue_upkeep,
 };
 pub use webhooks::{apply_webhook, apply_webhooks};
 

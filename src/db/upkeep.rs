@@ -137,3 +137,49 @@ pub async fn purge_webhook_receipts(pool: &PgPool) -> Result<u64, DbError> {
     .await?
     .rows_affected())
 }
+
+/// Key of the transaction advisory lock of a retention batch: one replica at a time.
+const RETENTION_LOCK: i64 = CLAIM_LOCK + 2;
+
+/// What one batch of retention deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Final calls deleted, with their attempts, timeline and Idempotency-Keys.
+    pub calls: u64,
+    /// Client events deleted, with their deliveries.
+    pub events: u64,
+}
+
+/// One batch of retention (`RETENTION_PERIOD`): up to `batch` final calls completed before
+/// `before`, and up to `batch` client events that occurred before it (none with a delivery
+/// still pending), in one transaction. `None` when another replica's batch is under way:
+/// one at a time, so that two never contend for the same rows.
+pub async fn delete_old(
+    pool: &PgPool,
+    before: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<Option<Retained>, DbError> {
+    let mut tx = pool.begin().await?;
+    let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RETENTION_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !ours {
+        return Ok(None);
+    }
+    let calls: i64 = sqlx::query_scalar(include_str!("../../sql/queries/delete_old_calls.sql"))
+        .bind(before)
+        .bind(batch)
+        .fetch_one(&mut *tx)
+        .await?;
+    let events: i64 = sqlx::query_scalar(include_str!("../../sql/queries/delete_old_events.sql"))
+        .bind(before)
+        .bind(batch)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(Retained {
+        calls: calls as u64,
+        events: events as u64,
+    }))
+}

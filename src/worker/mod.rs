@@ -4,6 +4,7 @@
 mod deliverer;
 mod dial;
 mod dispatcher;
+mod retention;
 mod send_event;
 mod sweeper;
 
@@ -14,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 pub use deliverer::{Deliverer, EventSettings};
 pub use dispatcher::Dispatcher;
+pub use retention::{RETENTION_BATCH, keep_counts_folded, keep_retention, retention_round};
 pub use send_event::TRY_OUTCOMES as EVENT_TRY_OUTCOMES;
 pub use sweeper::{SweepReport, Sweeper, keep_queue_lean};
 

@@ -77,7 +77,7 @@ impl Sweeper {
 
     /// The campaigns' share of a sweep: the calls of campaigns that ended expire, those of
     /// cancelled ones left by their cancel are cancelled, statuses the triggers could not
-    /// see right are mended, and the counts' changes folded.
+    /// see right are mended.
     async fn campaigns(&self) -> Result<(), DbError> {
         let pool = &self.worker.pool;
         let ended = db::end_campaign_calls(pool).await?;
@@ -89,7 +89,6 @@ impl Sweeper {
             tracing::info!(calls = cancelled, "calls cancelled with their campaign");
         }
         db::settle_campaigns(pool).await?;
-        db::fold_campaign_counts(pool).await?;
         db::forget_turns(pool).await?;
         Ok(())
     }

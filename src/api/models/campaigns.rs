@@ -7,7 +7,7 @@ use poem_openapi::{Enum, Object, types::ParseFromJSON};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{BatchItem, Pagination, StatusCounts, Text};
+use super::{BatchItem, ListPagination, StatusCounts, Text};
 use crate::domain::{self, CampaignStatus, campaign::window_json};
 
 /// Where a campaign stands: `ACTIVE` (its calls are dialed), `PAUSED` (none is, until
@@ -173,7 +173,7 @@ pub struct CampaignPage {
     /// Always true.
     pub success: bool,
     pub data: Vec<Campaign>,
-    pub pagination: Pagination,
+    pub pagination: ListPagination,
 }
 
 /// Up to 1000 calls added to a campaign in one transaction, in this order; each a create

@@ -15,6 +15,24 @@ pub struct Pagination {
     pub total_pages: i64,
 }
 
+/// Where a page of calls or campaigns sits. A page by number (`page`) has `page`, `total`
+/// and `totalPages`; a page after a cursor (`after`) has only `limit` and `nextCursor`, and
+/// costs the same however deep it is.
+#[derive(Object, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+pub struct ListPagination {
+    #[oai(skip_serializing_if_is_none)]
+    pub page: Option<u32>,
+    pub limit: u32,
+    #[oai(skip_serializing_if_is_none)]
+    pub total: Option<i64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub total_pages: Option<i64>,
+    /// Pass as `after` for the next page; null on the last page.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}
+
 /// Calls in each status.
 #[derive(Object, Clone, Debug, Default)]
 #[oai(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -198,7 +216,7 @@ pub struct EventPage {
 pub struct CallPage {
     pub success: bool,
     pub data: Vec<Call>,
-    pub pagination: Pagination,
+    pub pagination: ListPagination,
 }
 
 /// Counts of calls by status, and the slots in use.
