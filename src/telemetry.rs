@@ -1,6 +1,8 @@
 //! Logging: human-readable or JSON lines on stdout, and with `LOG_DIR` also `combined.log`
 //! and `error.log` there, rotated daily.
 
+use std::io::IsTerminal as _;
+
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{
     EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
@@ -15,18 +17,31 @@ pub struct Guards(#[allow(dead_code)] Vec<WorkerGuard>);
 pub fn init(config: &Config) -> Guards {
     let filter = || EnvFilter::try_new(&config.rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = config.log_format == LogFormat::Json;
+    // Lines are written by a thread of their own, so a request never waits for a write to
+    // stdout (a pipe or a file the container runtime drains); never dropped: when the
+    // reader falls 128k lines behind, logging waits for it.
+    let terminal = std::io::stdout().is_terminal();
+    let (stdout_writer, stdout_guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("log-writer")
+            .finish(std::io::stdout());
     let stdout = if json {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .with_writer(stdout_writer)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        tracing_subscriber::fmt::layer()
+            .with_ansi(terminal)
+            .with_writer(stdout_writer)
+            .boxed()
     };
     let mut layers = vec![stdout.with_filter(filter()).boxed()];
-    let mut guards = Vec::new();
+    let mut guards = vec![stdout_guard];
     if let Some(dir) = &config.log_dir {
         // Log lines name calls, numbers and errors: files for the service's user and its
         // group only (0640), including the ones the daily rotation makes later, which

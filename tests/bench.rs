@@ -22,6 +22,10 @@ fn the_bench_command_measures_every_step() {
             "2000",
             "--concurrency",
             "4",
+            "--scale-calls",
+            "3000",
+            "--scale-requests",
+            "3",
         ])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -50,6 +54,46 @@ fn the_bench_command_measures_every_step() {
         "memory: one serve replica, peak under lifecycle",
         "claim of 10 calls, 1,000 PENDING",
         "claim of 10 calls, right after 2000 calls of churn",
+        "scale: filling 3,000 calls",
+        "scale: GET /api/v1/metrics p50, 3,000 calls",
+        "scale: GET /metrics p99, 3,000 calls",
+        "scale: GET /api/v1/calls?after= (half-way down) p50, 3,000 calls",
+        "scale: GET /api/v1/calls/{id}/events p50, 3,000 calls",
+        "scale: GET /api/v1/campaigns/{id} p99, 3,000 calls",
+        "the service in its default configuration",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+}
+
+#[test]
+fn the_soak_reports_dead_tuples_memory_and_reads_at_start_and_end() {
+    let output = Command::new(env!("CARGO_BIN_EXE_call-orchestrator"))
+        .args([
+            "bench",
+            "--only",
+            "soak",
+            "--soak-minutes",
+            "1",
+            "--soak-rate",
+            "20",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for row in [
+        "soak: creates over 1 min",
+        "soak: dead tuples, every table, at the start",
+        "soak: dead tuples, every table, at the end",
+        "soak: serve replica memory, end",
+        "soak: GET /metrics p50, end",
     ] {
         assert!(stdout.contains(row), "{row} missing:\n{stdout}");
     }

@@ -24,6 +24,11 @@ pub enum Step {
     Lifecycle,
     /// The claim against queue depth and churn.
     Claim,
+    /// Every read route with `--scale-calls` calls stored, against the same with 1,000.
+    Scale,
+    /// `serve` under steady load for `--soak-minutes`: dead tuples, memory, reads (not run
+    /// unless named: it lasts half an hour by default).
+    Soak,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -35,7 +40,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ceiling,ingest,refill,lifecycle,claim"
+        default_value = "ceiling,ingest,refill,lifecycle,claim,scale"
     )]
     pub only: Vec<Step>,
     /// Seconds each throughput measurement lasts.
@@ -56,9 +61,32 @@ pub struct BenchArgs {
     /// PENDING rows (and as many final ones) for the deep-queue claim, and calls of churn.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(0..=9_000_000))]
     pub claim_rows: u32,
+    /// Calls stored for the scale step (its fill takes a few minutes per ten million).
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1_000..=50_000_000))]
+    pub scale_calls: u64,
+    /// Requests to each read route (and as many with 1,000 calls) per run of the scale step.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub scale_requests: u32,
+    /// Minutes of the soak.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
+    pub soak_minutes: u64,
+    /// Creates a second during the soak.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub soak_rate: u32,
     /// Also write the report to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// A setting of the service under test, `NAME=VALUE`, over its defaults (repeatable), to
+    /// measure what a setting costs: `--service-env RUST_LOG=error`.
+    #[arg(long, value_parser = parse_setting)]
+    pub service_env: Vec<(String, String)>,
+}
+
+fn parse_setting(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("`{raw}` is not NAME=VALUE")),
+    }
 }
 
 /// min / median / max of one figure over the runs.
@@ -120,12 +148,22 @@ pub fn render(figures: &[Figure], args: &BenchArgs, wall: Duration) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{} runs each, {} s per throughput run, {} database clients, {} concurrent HTTP requests; {} cores; whole run {:.0} s.",
+        "\n{} runs each, {} s per throughput run, {} database clients, {} concurrent HTTP requests; {} cores; the service in its default configuration{}; whole run {:.0} s.",
         args.runs,
         args.seconds,
         args.clients,
         args.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if args.service_env.is_empty() {
+            String::new()
+        } else {
+            let set: Vec<String> = args
+                .service_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(" but {}", set.join(" "))
+        },
         wall.as_secs_f64()
     );
     out
@@ -134,6 +172,7 @@ pub fn render(figures: &[Figure], args: &BenchArgs, wall: Duration) -> String {
 /// Runs the chosen benchmarks and prints (and optionally writes) the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    steps::set_service_env(args.service_env.clone());
     let cluster = PgCluster::start(ClusterOptions { durable: true }).await?;
     eprintln!(
         "bench: PostgreSQL (fsync on) at 127.0.0.1:{}; {} run(s) each",
@@ -154,6 +193,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Step::Refill => figures.append(&mut steps::refill(&cluster, &args).await?),
             Step::Lifecycle => figures.append(&mut steps::lifecycle(&cluster, &args).await?),
             Step::Claim => figures.append(&mut steps::claim(&cluster, &args).await?),
+            Step::Scale => figures.append(&mut steps::scale(&cluster, &args).await?),
+            Step::Soak => figures.append(&mut steps::soak(&cluster, &args).await?),
         }
     }
     let report = render(&figures, &args, started.elapsed());

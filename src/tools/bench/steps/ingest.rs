@@ -135,11 +135,17 @@ pub async fn ingest(
                 let started = Instant::now();
                 let response = c
                     .post(&e)
-                    .json(&json!({"to": format!("+1415{:07}", i % 10_000_000), "scriptId": "bench", "metadata": {"i": i}}))
+                    .json(&call_body(format!("+1415{:07}", i % 10_000_000)))
                     .send()
                     .await?;
-                anyhow::ensure!(response.status().is_success(), "create answered {}", response.status());
-                l.lock().expect("latencies").push(started.elapsed().as_secs_f64() * 1000.0);
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "create answered {}",
+                    response.status()
+                );
+                l.lock()
+                    .expect("latencies")
+                    .push(started.elapsed().as_secs_f64() * 1000.0);
                 Ok(())
             }
         })
@@ -158,10 +164,14 @@ pub async fn ingest(
             sends.push(tokio::spawn(async move {
                 for b in 0..10u64 {
                     let calls: Vec<_> = (0..1000u64)
-                        .map(|k| json!({"to": format!("+1416{:07}", (stream * 10 + b) * 1000 + k), "scriptId": "bench"}))
+                        .map(|k| call_body(format!("+1416{:07}", (stream * 10 + b) * 1000 + k)))
                         .collect();
                     let response = c.post(&e).json(&json!({"calls": calls})).send().await?;
-                    anyhow::ensure!(response.status().is_success(), "batch answered {}", response.status());
+                    anyhow::ensure!(
+                        response.status().is_success(),
+                        "batch answered {}",
+                        response.status()
+                    );
                 }
                 Ok::<_, anyhow::Error>(())
             }));

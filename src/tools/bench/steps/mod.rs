@@ -19,6 +19,8 @@ use super::{BenchArgs, Figure};
 mod claim;
 mod ingest;
 mod pipeline;
+mod scale;
+mod soak;
 
 use crate::{
     db,
@@ -30,6 +32,8 @@ use crate::{
 pub use claim::claim;
 pub use ingest::{ceiling, ingest};
 pub use pipeline::{lifecycle, refill};
+pub use scale::scale;
+pub use soak::soak;
 
 /// PostgreSQL's own rates, measured first, that the service's figures are read against.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,6 +48,19 @@ fn figure(name: &str, unit: &'static str, values: Vec<f64>, against: impl Into<S
         values,
         against: against.into(),
     }
+}
+
+/// Settings of the service under test over its defaults (`bench --service-env`).
+static SERVICE_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+pub fn set_service_env(settings: Vec<(String, String)>) {
+    let _ = SERVICE_ENV.set(settings);
+}
+
+/// A create body as a client sends it: the example of the API's documentation, `metadata`
+/// included.
+fn call_body(to: String) -> serde_json::Value {
+    json!({"to": to, "scriptId": "welcomeFlow", "metadata": {"customerName": "John Doe"}})
 }
 
 /// A fresh database with the service's schema.
@@ -67,15 +84,23 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// A `serve` (or `api`) child of this very binary, stopped with SIGTERM on drop.
+/// A `serve` (or `api`) child of this very binary, stopped with SIGTERM on drop. It runs in
+/// the configuration a user runs: the default `RUST_LOG` (`info`, a line per request) and
+/// log format, its standard output written to a file as a container runtime's log driver
+/// would (deleted with it).
 struct Service {
     child: Child,
     port: u16,
+    _log: tempfile::NamedTempFile,
 }
 
 impl Service {
     async fn start(role: &str, database_url: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let port = free_port()?;
+        let log = tempfile::Builder::new()
+            .prefix("call-orchestrator-bench-")
+            .suffix(".log")
+            .tempfile()?;
         let child = Command::new(std::env::current_exe()?)
             .arg(role)
             .env_clear()
@@ -84,15 +109,19 @@ impl Service {
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("WEBHOOK_BASE_URL", format!("http://127.0.0.1:{port}"))
-            .env("RUST_LOG", "error")
             // Throughput is measured at any hour: the window's own cost is the claim step's.
             .env("CALLING_WINDOW", "off")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .envs(SERVICE_ENV.get().into_iter().flatten().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(log.reopen()?))
+            .stderr(Stdio::from(log.reopen()?))
             .spawn()
             .context("starting the service")?;
-        let service = Self { child, port };
+        let service = Self {
+            child,
+            port,
+            _log: log,
+        };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !client

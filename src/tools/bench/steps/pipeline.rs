@@ -21,7 +21,7 @@ async fn submit(
     prefix: u32,
 ) -> anyhow::Result<()> {
     let all: Vec<_> = (0..calls)
-        .map(|i| json!({"to": format!("+1{prefix:03}{i:07}"), "scriptId": "bench"}))
+        .map(|i| call_body(format!("+1{prefix:03}{i:07}")))
         .collect();
     for chunk in all.chunks(1000) {
         // The webhooks of a thousand calls ending at once can fill the service's requests in
@@ -143,12 +143,12 @@ pub async fn refill(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec
 /// A client's event endpoint for the bench: answers 200 at once and keeps, for each
 /// delivery, how long after the change it reports it arrived.
 #[derive(Clone, Default)]
-struct EventSink {
+pub(super) struct EventSink {
     latencies_ms: Arc<std::sync::Mutex<Vec<f64>>>,
 }
 
 impl EventSink {
-    async fn start(&self) -> anyhow::Result<String> {
+    pub(super) async fn start(&self) -> anyhow::Result<String> {
         use poem::{EndpointExt as _, Request, Server, listener::TcpAcceptor, post};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/events", listener.local_addr()?);
@@ -193,7 +193,7 @@ struct LifecycleRun {
     events: Option<(f64, f64, f64)>,
 }
 
-const BENCH_EVENT_KEY: &str = "bench-event-secret-key-0123456789abcdef";
+pub(super) const BENCH_EVENT_KEY: &str = "bench-event-secret-key-0123456789abcdef";
 
 async fn lifecycle_run(
     cluster: &PgCluster,
