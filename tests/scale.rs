@@ -597,3 +597,38 @@ async fn retention_deletes_exactly_what_is_old_enough_while_calls_are_dialed() {
         .unwrap();
     assert_eq!(last, db::Retained::default());
 }
+
+#[tokio::test]
+async fn the_fold_vacuums_the_changes_it_leaves_dead() {
+    let app = TestApp::spawn().await;
+    // Six thousand statements' worth of changes, as a busy minute leaves them.
+    sqlx::query(
+        "INSERT INTO call_count_changes (status, delta) \
+         SELECT 'PENDING', 0 FROM generate_series(1, 6000)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let vacuumed = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT last_vacuum FROM pg_stat_user_tables WHERE relname = 'call_count_changes'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(vacuumed().await, None);
+    let stop = CancellationToken::new();
+    let folding = tokio::spawn(worker::keep_counts_folded(app.pool.clone(), stop.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while vacuumed().await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changes' table was never vacuumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    folding.await.unwrap();
+    assert_counts_right(&app, "after the fold and its vacuum").await;
+}

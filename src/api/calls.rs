@@ -20,7 +20,7 @@ use super::{
     models::{
         BatchCreateRequest, Call, CallEnvelope, CallPage, CallsEnvelope, Concurrency,
         CreateCallRequest, CursorPagination, EventPage, MetricsEnvelope, PatchCallRequest,
-        SkippedCall, Status, StatusCounts,
+        Serialized, SkippedCall, Status, StatusCounts,
     },
     requests::{
         list_pagination, open_campaign, page_or_cursor, parse_batch, parse_request, parse_timing,
@@ -47,7 +47,7 @@ pub enum CreatedCall {
     /// body, the call the first request created (then `Idempotent-Replayed: true`).
     #[oai(status = 201)]
     Created(
-        Json<CallEnvelope>,
+        Serialized<CallEnvelope>,
         #[oai(header = "Idempotent-Replayed")] Option<String>,
     ),
 }
@@ -59,7 +59,7 @@ pub enum CreatedCalls {
     /// `Idempotent-Replayed: true`).
     #[oai(status = 201)]
     Created(
-        Json<CallsEnvelope>,
+        Serialized<CallsEnvelope>,
         #[oai(header = "Idempotent-Replayed")] Option<String>,
     ),
 }
@@ -143,7 +143,7 @@ impl CallsApi {
             tracing::info!(call_id = %call.id, "call created");
         }
         Ok(CreatedCall::Created(
-            Json(CallEnvelope::new(Call::of(call, &state.rules))),
+            Serialized(CallEnvelope::new(Call::of(call, &state.rules))),
             replayed,
         ))
     }
@@ -189,11 +189,11 @@ impl CallsApi {
         &self,
         state: Data<&Arc<ApiState>>,
         id: Path<Uuid>,
-    ) -> Result<Json<CallEnvelope>, ApiError> {
+    ) -> Result<Serialized<CallEnvelope>, ApiError> {
         let call = db::get_call(&state.pool, id.0)
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
-        Ok(Json(CallEnvelope::new(Call::of(call, &state.rules))))
+        Ok(Serialized(CallEnvelope::new(Call::of(call, &state.rules))))
     }
 
     /// Change a pending call
@@ -208,7 +208,7 @@ impl CallsApi {
         state: Data<&Arc<ApiState>>,
         id: Path<Uuid>,
         body: Json<PatchCallRequest>,
-    ) -> Result<Json<CallEnvelope>, ApiError> {
+    ) -> Result<Serialized<CallEnvelope>, ApiError> {
         let body = body.0;
         if let Some(payload) = &body.payload
             && !payload.is_object()
@@ -291,7 +291,7 @@ impl CallsApi {
         .map_err(|err| ApiError::from_db(err, id.0))?;
         let call = result.map_err(ApiError::validation)?;
         tracing::info!(call_id = %call.id, "call updated");
-        Ok(Json(CallEnvelope::new(Call::of(call, &state.rules))))
+        Ok(Serialized(CallEnvelope::new(Call::of(call, &state.rules))))
     }
 
     /// Cancel a pending call
@@ -306,12 +306,12 @@ impl CallsApi {
         &self,
         state: Data<&Arc<ApiState>>,
         id: Path<Uuid>,
-    ) -> Result<Json<CallEnvelope>, ApiError> {
+    ) -> Result<Serialized<CallEnvelope>, ApiError> {
         let call = db::cancel_call(&state.pool, id.0)
             .await
             .map_err(|err| ApiError::from_db(err, id.0))?;
         tracing::info!(call_id = %call.id, "call cancelled");
-        Ok(Json(CallEnvelope::new(Call::of(call, &state.rules))))
+        Ok(Serialized(CallEnvelope::new(Call::of(call, &state.rules))))
     }
 
     /// List calls
@@ -342,7 +342,7 @@ impl CallsApi {
         after: Query<Option<String>>,
         /// Calls per page, 1 to 100 (default 10).
         limit: Query<Option<i64>>,
-    ) -> Result<Json<CallPage>, ApiError> {
+    ) -> Result<Serialized<CallPage>, ApiError> {
         let (page, limit) = page_or_cursor(page.0, after.0.as_deref(), limit.0)?;
         let to = match to.0.as_deref().map(plus_decoded_as_space) {
             Some(raw) => Some(PhoneNumber::parse(&raw).map_err(|err| {
@@ -358,7 +358,7 @@ impl CallsApi {
             limit,
         };
         let listed = db::list_calls(&state.pool, &filter).await?;
-        Ok(Json(CallPage {
+        Ok(Serialized(CallPage {
             success: true,
             data: listed
                 .items
@@ -537,7 +537,7 @@ pub(super) async fn create_batch(
         );
     }
     Ok(CreatedCalls::Created(
-        Json(CallsEnvelope {
+        Serialized(CallsEnvelope {
             success: true,
             data: created
                 .into_iter()

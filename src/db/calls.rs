@@ -612,5 +612,16 @@ pub async fn fold_counts(pool: &PgPool) -> Result<usize, DbError> {
     Ok(folded as usize + super::campaigns::fold_campaign_counts(pool).await?)
 }
 
+/// Vacuums the tables of the counts' changes (skipping one being vacuumed already), so that a
+/// read of the counts scans live rows only.
+pub async fn vacuum_count_changes(pool: &PgPool) -> Result<(), DbError> {
+    use sqlx::Executor as _;
+    pool.execute(sqlx::raw_sql(
+        "VACUUM (SKIP_LOCKED) call_count_changes, campaign_count_changes",
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Most count changes one fold takes.
 const FOLD_BATCH: i64 = 50_000;

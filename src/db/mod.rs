@@ -27,7 +27,7 @@ pub use batch::{BatchLost, Batcher, key_of};
 pub use calls::{
     CallFilter, CreateOutcome, IdempotencyKey, ListPage, NewCall, Page, Suppressed, cancel_call,
     count_by_status, create_calls, create_calls_skipping, create_each, create_idempotent,
-    fold_counts, get_call, list_calls, update_call,
+    fold_counts, get_call, list_calls, update_call, vacuum_count_changes,
 };
 pub use campaigns::{
     CANCEL_BATCH, CampaignAction, CampaignForCalls, CampaignRefusal, act_on_campaign,

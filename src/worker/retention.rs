@@ -13,12 +13,29 @@ use crate::db::{self, Retained};
 /// since, a second of changes at most.
 pub const FOLD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Folds the counts' changes every [`FOLD_INTERVAL`] until `shutdown`. Every replica does;
-/// two folds at once never count a change twice.
+/// Changes folded after which the changes' tables are vacuumed: every read of the counts
+/// scans them, dead rows included, and autovacuum, waking once a minute, would let a
+/// minute of them pile up (tens of thousands under load).
+const VACUUM_AFTER_FOLDED: usize = 5_000;
+
+/// Folds the counts' changes every [`FOLD_INTERVAL`] until `shutdown`, and vacuums the
+/// changes' tables once [`VACUUM_AFTER_FOLDED`] changes were folded. Every replica does;
+/// two folds at once never count a change twice, and a table another replica is vacuuming
+/// is skipped.
 pub async fn keep_counts_folded(pool: PgPool, shutdown: CancellationToken) {
+    // Only the tables' owner may vacuum them (as for call_queue); autovacuum does otherwise.
+    let may_vacuum = db::owns_queue(&pool).await.unwrap_or(false);
+    let mut folded_since_vacuum = 0;
     loop {
-        if let Err(err) = db::fold_counts(&pool).await {
-            tracing::debug!(error = %err, "folding the counts failed; trying again");
+        match db::fold_counts(&pool).await {
+            Ok(folded) => folded_since_vacuum += folded,
+            Err(err) => tracing::debug!(error = %err, "folding the counts failed; trying again"),
+        }
+        if may_vacuum && folded_since_vacuum >= VACUUM_AFTER_FOLDED {
+            folded_since_vacuum = 0;
+            if let Err(err) = db::vacuum_count_changes(&pool).await {
+                tracing::debug!(error = %err, "vacuuming the counts' changes failed");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -18,15 +18,19 @@ pub struct Pagination {
 /// Where a page of calls or campaigns sits. A page by number (`page`) has `page`, `total`
 /// and `totalPages`; a page after a cursor (`after`) has only `limit` and `nextCursor`, and
 /// costs the same however deep it is.
-#[derive(Object, Clone, Debug)]
+#[derive(Object, serde::Serialize, Clone, Debug)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct ListPagination {
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<u32>,
     pub limit: u32,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<i64>,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub total_pages: Option<i64>,
     /// Pass as `after` for the next page; null on the last page.
     #[oai(nullable)]
@@ -130,14 +134,28 @@ macro_rules! envelope {
     };
 }
 
-envelope!(
-    /// One call.
-    CallEnvelope,
-    Call
-);
-/// The calls of a batch, in the order sent.
-#[derive(Object, Clone, Debug)]
+/// One call.
+#[derive(Object, serde::Serialize, Clone, Debug)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct CallEnvelope {
+    /// Always true.
+    pub success: bool,
+    pub data: Call,
+}
+
+impl CallEnvelope {
+    pub fn new(data: Call) -> Self {
+        Self {
+            success: true,
+            data,
+        }
+    }
+}
+/// The calls of a batch, in the order sent.
+#[derive(Object, serde::Serialize, Clone, Debug)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct CallsEnvelope {
     /// Always true.
     pub success: bool,
@@ -147,8 +165,9 @@ pub struct CallsEnvelope {
 }
 
 /// A batch item left out: its number is on the suppression list.
-#[derive(Object, Clone, Debug)]
+#[derive(Object, serde::Serialize, Clone, Debug)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct SkippedCall {
     /// Its index in the batch, from 0.
     pub index: u32,
@@ -211,8 +230,9 @@ pub struct EventPage {
 }
 
 /// One page of calls, newest first.
-#[derive(Object, Clone, Debug)]
+#[derive(Object, serde::Serialize, Clone, Debug)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct CallPage {
     pub success: bool,
     pub data: Vec<Call>,

@@ -13,15 +13,19 @@ mod campaigns;
 mod envelopes;
 mod events;
 mod json;
+mod serialized;
 
 pub use campaigns::*;
 pub use envelopes::*;
 pub use events::*;
 pub use json::{BatchItem, Text};
+pub use serialized::Serialized;
+use serialized::{rfc3339, rfc3339_opt};
 
 /// A call's status. `PENDING` and `IN_PROGRESS` are live, the others final.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Enum, serde::Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     Pending,
     InProgress,
@@ -58,8 +62,9 @@ impl From<Status> for CallStatus {
 }
 
 /// What to call and how.
-#[derive(Object, Clone, Debug)]
+#[derive(Object, serde::Serialize, Clone, Debug)]
 #[oai(rename_all = "camelCase", example)]
+#[serde(rename_all = "camelCase")]
 pub struct Payload {
     /// The number to call, in E.164 (`+` and country code).
     pub to: String,
@@ -80,8 +85,9 @@ impl poem_openapi::types::Example for Payload {
 }
 
 /// A call and where it stands.
-#[derive(Object, Clone, Debug)]
+#[derive(Object, serde::Serialize, Clone, Debug)]
 #[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Call {
     pub id: Uuid,
     pub payload: Payload,
@@ -90,29 +96,37 @@ pub struct Call {
     pub attempts: i32,
     /// The provider's id for the latest attempt (its `callId`).
     #[oai(nullable, rename = "externalCallId")]
+    #[serde(rename = "externalCallId")]
     pub provider_call_id: Option<String>,
     /// Why the latest attempt failed, when it did.
     #[oai(nullable)]
     pub last_error: Option<String>,
     /// When a `PENDING` call will be dialed at the earliest; null once it is not pending.
     #[oai(nullable)]
+    #[serde(serialize_with = "rfc3339_opt")]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Length of the completed call, as the provider reported it.
     #[oai(nullable)]
     pub duration_sec: Option<i32>,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
     /// When the latest attempt was dialed.
     #[oai(nullable)]
+    #[serde(serialize_with = "rfc3339_opt")]
     pub started_at: Option<DateTime<Utc>>,
     /// When the call reached its final status.
     #[oai(nullable)]
+    #[serde(serialize_with = "rfc3339_opt")]
     pub completed_at: Option<DateTime<Utc>>,
     /// Not dialed before this instant.
     #[oai(nullable)]
+    #[serde(serialize_with = "rfc3339_opt")]
     pub not_before: Option<DateTime<Utc>>,
     /// Still `PENDING` at this instant, the call ends `EXPIRED`, never dialed.
     #[oai(nullable)]
+    #[serde(serialize_with = "rfc3339_opt")]
     pub not_after: Option<DateTime<Utc>>,
     /// The callee's time zone in force (IANA name): the call's own, else the one its
     /// number's prefix maps to, else `DEFAULT_TIMEZONE`; null when the prefix maps to
