@@ -3,40 +3,44 @@
 
 use std::process::Command;
 
-#[test]
-fn the_bench_command_measures_every_step() {
+/// Runs `bench` with `args` on a clean environment; its report (stdout).
+fn bench(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_call-orchestrator"))
-        .args([
-            "bench",
-            "--runs",
-            "1",
-            "--seconds",
-            "1",
-            "--refill-calls",
-            "20",
-        ])
-        .args([
-            "--lifecycle-calls",
-            "200",
-            "--claim-rows",
-            "2000",
-            "--concurrency",
-            "4",
-            "--scale-calls",
-            "3000",
-            "--scale-requests",
-            "3",
-        ])
+        .arg("bench")
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_bench_command_measures_every_step() {
+    let stdout = bench(&[
+        "--runs",
+        "1",
+        "--seconds",
+        "1",
+        "--refill-calls",
+        "20",
+        "--lifecycle-calls",
+        "200",
+        "--claim-rows",
+        "2000",
+        "--concurrency",
+        "4",
+        "--scale-calls",
+        "3000",
+        "--scale-requests",
+        "3",
+    ]);
     for row in [
         "ceiling: single-row INSERT transactions",
         "ceiling: UPDATE-by-key transactions",
@@ -55,6 +59,7 @@ fn the_bench_command_measures_every_step() {
         "claim of 10 calls, 1,000 PENDING",
         "claim of 10 calls, right after 2000 calls of churn",
         "scale: filling 3,000 calls",
+        "scale: retention, old final calls deleted",
         "scale: GET /api/v1/metrics p50, 3,000 calls",
         "scale: GET /metrics p99, 3,000 calls",
         "scale: GET /api/v1/calls?after= (half-way down) p50, 3,000 calls",
@@ -68,26 +73,7 @@ fn the_bench_command_measures_every_step() {
 
 #[test]
 fn the_soak_reports_dead_tuples_memory_and_reads_at_start_and_end() {
-    let output = Command::new(env!("CARGO_BIN_EXE_call-orchestrator"))
-        .args([
-            "bench",
-            "--only",
-            "soak",
-            "--soak-minutes",
-            "1",
-            "--soak-rate",
-            "20",
-        ])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = bench(&["--only", "soak", "--soak-minutes", "1", "--soak-rate", "20"]);
     for row in [
         "soak: creates over 1 min",
         "soak: dead tuples, every table, at the start",

@@ -400,15 +400,7 @@ async fn every_event_type_comes_from_its_transition() {
     );
     assert_eq!(receiver.got().len(), 7);
     // The recorder is the process's, shared with the other tests: names, not figures.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for series in [
         "call_orchestrator_event_deliveries_total{outcome=\"delivered\"}",
         "call_orchestrator_event_delivery_tries_total{outcome=\"rejected\"}",

@@ -450,16 +450,7 @@ async fn reconciliation_turns_a_lost_end_into_the_right_final_status() {
             let reconciled = events.iter().find(|e| e["type"] == "RECONCILED");
             assert!(reconciled.is_some(), "{}: {events:?}", dialect.name());
         }
-        let metrics = vendor
-            .app
-            .client
-            .get(vendor.app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = vendor.app.metrics_text().await;
         let ended = metrics
             .lines()
             .find(|l| l.starts_with("call_orchestrator_reconciliations_total{outcome=\"ended\"}"))

@@ -572,15 +572,7 @@ async fn retention_deletes_exactly_what_is_old_enough_while_calls_are_dialed() {
         young.len() as i64
     );
     assert_counts_right(&app, "after retention").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let deleted: f64 = text
         .lines()
         .find_map(|line| {
@@ -631,4 +623,34 @@ async fn the_fold_vacuums_the_changes_it_leaves_dead() {
     stop.cancel();
     folding.await.unwrap();
     assert_counts_right(&app, "after the fold and its vacuum").await;
+}
+
+#[tokio::test]
+async fn retention_runs_in_one_replica_at_a_time() {
+    let app = TestApp::spawn().await;
+    let old = final_calls(&app.pool, 10, "2 days", "+1418").await;
+    let before = chrono::Utc::now() - chrono::Duration::days(1);
+    // Another replica's batch is under way (it holds the batch's lock): this one leaves it.
+    let mut other = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(db::RETENTION_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    assert_eq!(db::delete_old(&app.pool, before, 100).await.unwrap(), None);
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM calls WHERE id = ANY ($1)",
+            &old
+        )
+        .await,
+        10
+    );
+    other.rollback().await.unwrap();
+    let done = db::delete_old(&app.pool, before, 100)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.calls, 10);
 }

@@ -54,8 +54,8 @@ pub use sweeps::{
     Reconcilable, expire_deadlines, expire_overdue, take_abandoned, take_reconcilable,
 };
 pub use upkeep::{
-    QUEUE_UPKEEP_LOCK, QueueUpkeep, Retained, delete_old, owns_queue, purge_idempotency_keys,
-    purge_webhook_receipts, queue_upkeep,
+    QUEUE_UPKEEP_LOCK, QueueUpkeep, RETENTION_LOCK, Retained, delete_old, owns_queue,
+    purge_idempotency_keys, purge_webhook_receipts, queue_upkeep,
 };
 pub use webhooks::{apply_webhook, apply_webhooks};
 

@@ -139,7 +139,7 @@ pub async fn purge_webhook_receipts(pool: &PgPool) -> Result<u64, DbError> {
 }
 
 /// Key of the transaction advisory lock of a retention batch: one replica at a time.
-const RETENTION_LOCK: i64 = CLAIM_LOCK + 2;
+pub const RETENTION_LOCK: i64 = CLAIM_LOCK + 2;
 
 /// What one batch of retention deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

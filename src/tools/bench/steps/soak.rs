@@ -60,7 +60,8 @@ async fn sample(
 
 /// Step 7: `serve` under a steady `args.soak_rate` creates a second (single POSTs with the
 /// documentation's payload) for `args.soak_minutes`, against the simulator (a mix of
-/// outcomes, so retries too, calls lasting up to 2 s) and one event endpoint taking every
+/// outcomes, so retries too, calls lasting up to 2 s; cap 1000, so that calls never queue for
+/// a slot and the table grows only by the calls created) and one event endpoint taking every
 /// event: every minute, the dead tuples of every table, the replica's memory and the read
 /// routes' p50; reported at the start (after the first minute) and at the end. Flat is
 /// the target.
@@ -81,7 +82,7 @@ pub async fn soak(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<F
         &[
             ("AI_CALL_API_URL", sim.url()),
             ("AI_CALL_API_KEY", "bench-key".into()),
-            ("MAX_CONCURRENT_CALLS", "200".into()),
+            ("MAX_CONCURRENT_CALLS", "1000".into()),
             ("RETRY_BASE_DELAY", "2s".into()),
             ("EVENT_SECRET_KEY", super::pipeline::BENCH_EVENT_KEY.into()),
             ("EVENT_ALLOW_PRIVATE_URLS", "true".into()),
