@@ -207,8 +207,8 @@ pub async fn scale(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
             values[3].push(big_p99 / small_p99);
         }
     }
-    // Retention on the big table, for `args.seconds`: the calls ended more than 30 days ago
-    // (most of them) deleted with their timelines, a batch at a time, as a worker does.
+    // Retention on the big table, for `args.seconds`: the older half of the calls (they were
+    // made a second apart) deleted with their timelines, a batch at a time, as a worker does.
     let stop = CancellationToken::new();
     let timer = {
         let (stop, seconds) = (stop.clone(), args.seconds);
@@ -219,7 +219,7 @@ pub async fn scale(cluster: &PgCluster, args: &BenchArgs) -> anyhow::Result<Vec<
     };
     let started = Instant::now();
     let retained =
-        crate::worker::retention_round(&big.pool, Duration::from_secs(30 * 24 * 3600), &stop)
+        crate::worker::retention_round(&big.pool, Duration::from_secs(args.scale_calls / 2), &stop)
             .await?;
     let retention_rate = retained.calls as f64 / started.elapsed().as_secs_f64();
     timer.abort();
