@@ -95,17 +95,15 @@ pub(super) fn list_pagination(
     total: Option<i64>,
     next: Option<i64>,
 ) -> ListPagination {
-    let number = match page {
-        Page::Number(number) => Some(number),
-        Page::After(_) => None,
+    let by_number = match (page, total) {
+        (Page::Number(number), Some(total)) => Some(pagination(number, limit, total)),
+        _ => None,
     };
     ListPagination {
-        page: number,
+        page: by_number.as_ref().map(|p| p.page),
         limit,
-        total: total.filter(|_| number.is_some()),
-        total_pages: total
-            .filter(|_| number.is_some())
-            .map(|total| (total + i64::from(limit) - 1) / i64::from(limit)),
+        total: by_number.as_ref().map(|p| p.total),
+        total_pages: by_number.as_ref().map(|p| p.total_pages),
         next_cursor: next.map(|seq| seq.to_string()),
     }
 }

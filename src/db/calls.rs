@@ -503,6 +503,31 @@ impl Default for Page {
     }
 }
 
+impl Page {
+    /// The `seq` the page's items are below (after a cursor), and how many items it skips
+    /// (by number), for pages of `limit`.
+    pub(super) fn bounds(self, limit: u32) -> (Option<i64>, i64) {
+        match self {
+            Page::After(seq) => (Some(seq), 0),
+            Page::Number(number) => (None, i64::from(number.saturating_sub(1)) * i64::from(limit)),
+        }
+    }
+
+    pub(super) fn is_by_number(self) -> bool {
+        matches!(self, Page::Number(_))
+    }
+}
+
+/// A list query asks for one item more than `limit` to know whether a page follows: drops
+/// it, and returns the cursor of the next page (`seq` of the page's last item) if so.
+pub(super) fn cut_page<R>(rows: &mut Vec<R>, limit: u32, seq: impl Fn(&R) -> i64) -> Option<i64> {
+    if rows.len() <= limit as usize {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(seq)
+}
+
 /// One page of a list, newest first.
 #[derive(Clone, Debug)]
 pub struct ListPage<T> {
@@ -534,33 +559,21 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &CallFilter) {
 pub async fn list_calls(pool: &PgPool, filter: &CallFilter) -> Result<ListPage<Call>, DbError> {
     let mut query = QueryBuilder::new("SELECT * FROM calls");
     push_filter(&mut query, filter);
-    let limit = i64::from(filter.limit);
-    match filter.page {
-        Page::After(seq) => {
-            query
-                .push(" AND seq < ")
-                .push_bind(seq)
-                .push(" ORDER BY seq DESC LIMIT ")
-                .push_bind(limit + 1);
-        }
-        Page::Number(page) => {
-            query
-                .push(" ORDER BY seq DESC LIMIT ")
-                .push_bind(limit + 1)
-                .push(" OFFSET ")
-                .push_bind(i64::from(page.saturating_sub(1)) * limit);
-        }
+    let (after, offset) = filter.page.bounds(filter.limit);
+    if let Some(seq) = after {
+        query.push(" AND seq < ").push_bind(seq);
     }
+    query
+        .push(" ORDER BY seq DESC LIMIT ")
+        .push_bind(i64::from(filter.limit) + 1)
+        .push(" OFFSET ")
+        .push_bind(offset);
     let mut rows: Vec<CallRow> = query.build_query_as().fetch_all(pool).await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(filter.limit as usize);
-        rows.last().map(|row| row.seq)
+    let next = cut_page(&mut rows, filter.limit, |row| row.seq);
+    let total = if filter.page.is_by_number() {
+        Some(count_matching(pool, filter).await?)
     } else {
         None
-    };
-    let total = match filter.page {
-        Page::After(_) => None,
-        Page::Number(_) => Some(count_matching(pool, filter).await?),
     };
     Ok(ListPage {
         items: rows.into_iter().map(Call::from).collect(),

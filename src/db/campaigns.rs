@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{
     DbError,
-    calls::{ListPage, NewCall, Page},
+    calls::{ListPage, NewCall, Page, cut_page},
     claim::CLAIM_LOCK,
 };
 use crate::domain::{
@@ -218,10 +218,7 @@ pub async fn list_campaigns(
     page: Page,
     limit: u32,
 ) -> Result<ListPage<Campaign>, DbError> {
-    let (after, offset) = match page {
-        Page::After(seq) => (Some(seq), 0),
-        Page::Number(number) => (None, i64::from(number.saturating_sub(1)) * i64::from(limit)),
-    };
+    let (after, offset) = page.bounds(limit);
     let mut rows: Vec<CampaignRow> = sqlx::query_as(
         "SELECT * FROM campaigns WHERE ($1::campaign_status IS NULL OR status = $1) \
            AND ($4::bigint IS NULL OR seq < $4) \
@@ -233,22 +230,18 @@ pub async fn list_campaigns(
     .bind(after)
     .fetch_all(pool)
     .await?;
-    let next = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.seq)
-    } else {
-        None
-    };
-    let total = match page {
-        Page::After(_) => None,
-        Page::Number(_) => Some(
+    let next = cut_page(&mut rows, limit, |row| row.seq);
+    let total = if page.is_by_number() {
+        Some(
             sqlx::query_scalar(
                 "SELECT count(*) FROM campaigns WHERE ($1::campaign_status IS NULL OR status = $1)",
             )
             .bind(status)
             .fetch_one(pool)
             .await?,
-        ),
+        )
+    } else {
+        None
     };
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let counts = counts_of(pool, &ids).await?;

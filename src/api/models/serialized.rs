@@ -5,7 +5,7 @@
 //! the same: the schema is the model's own. Each model written this way derives `Serialize`
 //! to the very JSON its `ToJSON` makes, which the tests below hold for every field.
 
-use poem::{IntoResponse, Response, http::StatusCode};
+use poem::{IntoResponse, Response};
 use poem_openapi::{
     ApiResponse,
     payload::Payload,
@@ -37,16 +37,8 @@ impl<T: Serialize + Send> IntoResponse for Serialized<T> {
         match serde_json::to_vec(&self.0) {
             Ok(body) => Response::builder().content_type(CONTENT_TYPE).body(body),
             // Our own models always serialize (string keys, finite numbers); should one not,
-            // the answer is the error envelope a failure gets, never a half-written body.
-            Err(err) => {
-                tracing::error!(error = %err, "an answer could not be written as JSON");
-                Response::builder()
-                    .status(StatusCode::INTERNAL_SERVER_ERROR)
-                    .content_type(CONTENT_TYPE)
-                    .body(
-                        r#"{"success":false,"error":{"code":"INTERNAL_ERROR","message":"the answer could not be written","details":[]}}"#,
-                    )
-            }
+            // the answer is the 500 any failure gets, never a half-written body.
+            Err(err) => crate::api::error::ApiError::internal(&err).into_response(),
         }
     }
 }

@@ -194,6 +194,19 @@ where
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Milliseconds of one GET.
+pub(super) async fn timed_get(client: &reqwest::Client, url: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let response = client.get(url).send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
+    response.bytes().await?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
 fn cpu_seconds() -> f64 {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .map(|u| {

@@ -149,19 +149,6 @@ impl Stored {
     }
 }
 
-/// Milliseconds of one GET.
-async fn timed_get(client: &reqwest::Client, url: &str) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let response = client.get(url).send().await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "{url} answered {}",
-        response.status()
-    );
-    response.bytes().await?;
-    Ok(started.elapsed().as_secs_f64() * 1000.0)
-}
-
 /// Step 6: every read route with `args.scale_calls` calls stored and with 1,000, one request
 /// to each in turn (so that the shared machine's moods weigh on both alike),
 /// `args.scale_requests` of each a run, over one keep-alive connection per database.

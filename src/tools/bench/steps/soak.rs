@@ -38,15 +38,7 @@ async fn sample(
     for (name, path) in READS {
         let mut ms = Vec::new();
         for _ in 0..20 {
-            let started = Instant::now();
-            client
-                .get(service.url(path))
-                .send()
-                .await?
-                .error_for_status()?
-                .bytes()
-                .await?;
-            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            ms.push(timed_get(client, &service.url(path)).await?);
         }
         reads.push((name, percentile(&mut ms, 0.5)));
     }
